@@ -1,0 +1,49 @@
+"""Shared fixtures and helpers for the test suite."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import vla_gym  # noqa: F401  (registers the env ids)
+from vla_gym.envs import ENV_IDS
+
+ALL_ENV_IDS = sorted(ENV_IDS)
+
+
+@pytest.fixture(params=ALL_ENV_IDS)
+def env_id(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_env():
+    """Factory that closes every env it made when the test ends."""
+    made: list[gym.Env] = []
+
+    def _make(env_id: str = "VLAPick-v0", **kwargs) -> gym.Env:
+        env = gym.make(env_id, **kwargs)
+        made.append(env)
+        return env
+
+    yield _make
+    for env in made:
+        env.close()
+
+
+def assert_obs_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=f"observation key {key!r} differs")
+
+
+def run_expert(env: gym.Env, policy, max_steps: int = 200):
+    """Roll ``policy`` until the episode ends; return the last (obs, reward, terminated, truncated, info)."""
+    obs = env.unwrapped._observation()
+    for _ in range(max_steps):
+        action, _ = policy.predict(obs, deterministic=True)
+        obs, reward, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            break
+    return obs, reward, terminated, truncated, info

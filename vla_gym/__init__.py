@@ -1,0 +1,12 @@
+"""vla_gym: PyBullet tabletop manipulation envs, scripted experts and VLA agents.
+
+Importing the package registers the env ids (``VLAPick-v0``, ``VLAPickDense-v0``).
+"""
+
+from vla_gym.envs.registration import ENV_IDS, register_envs
+
+__version__ = "0.1.0"
+
+register_envs()
+
+__all__ = ["ENV_IDS", "__version__"]

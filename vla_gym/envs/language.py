@@ -1,0 +1,99 @@
+"""Language goals: instruction templates, synonym sets, train/test splits, byte encoding.
+
+The train and test splits share no template, no verb and no shape noun, so that a
+policy evaluated on ``instruction_split="test"`` reads phrasings it never saw in
+training. Colour words are the same in both (they are what makes the goal unambiguous).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+INSTRUCTION_SPLITS = ("train", "test")
+
+#: Bytes reserved for the instruction in the observation (UTF-8, zero padded).
+MAX_INSTRUCTION_BYTES = 128
+
+VERBS: dict[str, tuple[str, ...]] = {
+    "train": ("pick up", "lift", "grasp", "grab"),
+    "test": ("raise", "take", "elevate", "get"),
+}
+
+#: Nouns that name each shape; "object"-style nouns name any shape.
+NOUNS: dict[str, dict[str, tuple[str, ...]]] = {
+    "train": {
+        "cube": ("cube", "block"),
+        "cylinder": ("cylinder", "can"),
+        "sphere": ("sphere", "ball"),
+        "any": ("object", "thing"),
+    },
+    "test": {
+        "cube": ("box",),
+        "cylinder": ("tube",),
+        "sphere": ("orb",),
+        "any": ("item", "one"),
+    },
+}
+
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "train": (
+        "{verb} the {colour} {noun}",
+        "please {verb} the {colour} {noun}",
+        "{verb} the {noun} that is {colour}",
+        "robot, {verb} the {colour} {noun}",
+        "your goal is to {verb} the {colour} {noun}",
+    ),
+    "test": (
+        "could you {verb} the {colour} {noun}?",
+        "i want you to {verb} the {colour} {noun} now",
+        "find the {colour} {noun} and {verb} it",
+        "{verb} that {colour} {noun} off the table",
+    ),
+}
+
+
+def _check_split(split: str) -> None:
+    if split not in INSTRUCTION_SPLITS:
+        raise ValueError(f"instruction_split={split!r} is not available; choose one of {INSTRUCTION_SPLITS}")
+
+
+def sample_instruction(rng: np.random.Generator, colour: str, shape: str, split: str = "train") -> str:
+    """Draw an instruction naming the ``colour`` ``shape`` from the ``split`` templates.
+
+    Always draws the same number of random numbers, whatever the arguments.
+    """
+    _check_split(split)
+    template = TEMPLATES[split][rng.integers(len(TEMPLATES[split]))]
+    verb = VERBS[split][rng.integers(len(VERBS[split]))]
+    use_generic_noun = rng.random() < 0.25
+    nouns = NOUNS[split]["any" if use_generic_noun else shape]
+    noun = nouns[rng.integers(len(nouns))]
+    return template.format(verb=verb, colour=colour, noun=noun)
+
+
+def encode_instruction(text: str) -> np.ndarray:
+    """UTF-8 bytes of ``text``, zero padded to uint8 (:data:`MAX_INSTRUCTION_BYTES`,)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"an instruction must be a non-empty string, got {text!r}")
+    raw = text.encode("utf-8")
+    if len(raw) > MAX_INSTRUCTION_BYTES:
+        raise ValueError(
+            f"instruction is {len(raw)} UTF-8 bytes; at most {MAX_INSTRUCTION_BYTES} fit in the observation"
+        )
+    if b"\x00" in raw:
+        raise ValueError("an instruction must not contain NUL characters (they mark the padding)")
+    out = np.zeros(MAX_INSTRUCTION_BYTES, dtype=np.uint8)
+    out[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return out
+
+
+def decode_instruction(encoded: np.ndarray) -> str | list[str]:
+    """Inverse of :func:`encode_instruction`.
+
+    Takes uint8 (L,) and returns a string, or a batch (..., L) and returns nested lists.
+    """
+    arr = np.asarray(encoded)
+    if arr.ndim > 1:
+        return [decode_instruction(row) for row in arr]
+    raw = arr.astype(np.uint8).tobytes()
+    return raw.split(b"\x00", 1)[0].decode("utf-8", errors="replace")

@@ -1,0 +1,166 @@
+"""The tabletop scene: a table and a few coloured objects at random, non-overlapping poses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pybullet as p
+
+from vla_gym.envs.pybullet_sim import PyBulletSim
+
+#: Named colour palette (RGBA). Hues are far apart so that no two names can be confused.
+PALETTE: dict[str, tuple[float, float, float, float]] = {
+    "red": (0.90, 0.10, 0.10, 1.0),
+    "green": (0.10, 0.70, 0.15, 1.0),
+    "blue": (0.10, 0.25, 0.95, 1.0),
+    "yellow": (0.95, 0.85, 0.05, 1.0),
+    "purple": (0.55, 0.15, 0.80, 1.0),
+    "orange": (1.00, 0.50, 0.00, 1.0),
+    "cyan": (0.00, 0.80, 0.85, 1.0),
+}
+COLOURS = tuple(PALETTE)
+SHAPES = ("cube", "cylinder", "sphere")
+
+OBJECT_HALF_SIZE = 0.025  # m: cube half-edge, cylinder and sphere radius
+CYLINDER_HEIGHT = 0.06  # m
+OBJECT_MASS = 0.08  # kg
+OBJECT_FRICTION = 1.2
+SPHERE_ROLLING_FRICTION = 0.002  # keeps spheres from rolling away when nudged
+
+TABLE_HALF_EXTENTS = (0.35, 0.45, 0.02)  # m
+TABLE_CENTRE = (0.55, 0.0)  # m, world x/y of the table centre; its top is at z = 0
+TABLE_RGBA = (0.62, 0.50, 0.38, 1.0)
+
+#: Region (m, world x/y) where object centres are placed, inside the arm's reach.
+SPAWN_LOW = np.array([0.40, -0.18])
+SPAWN_HIGH = np.array([0.66, 0.18])
+MIN_OBJECT_SPACING = 0.10  # m between object centres, so the open gripper fits between
+MAX_PLACEMENT_TRIES = 1000
+MAX_YAW = np.pi / 6  # rad: objects are turned at most this far about z, so a cube fits the open gripper
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """One object of a scene: its colour name, shape and pose (m, rad)."""
+
+    colour: str
+    shape: str
+    xy: tuple[float, float]
+    yaw: float
+
+    @property
+    def half_height(self) -> float:
+        """Half of the object's height (m): its centre rests this high above the table."""
+        return CYLINDER_HEIGHT / 2 if self.shape == "cylinder" else OBJECT_HALF_SIZE
+
+    def describe(self) -> dict[str, str]:
+        return {"colour": self.colour, "shape": self.shape}
+
+
+def sample_object_specs(
+    rng: np.random.Generator, num_objects: int, colours=COLOURS, shapes=SHAPES
+) -> list[ObjectSpec]:
+    """Draw ``num_objects`` objects with distinct colours at poses at least
+    :data:`MIN_OBJECT_SPACING` apart. All randomness comes from ``rng``."""
+    chosen = rng.choice(len(colours), size=num_objects, replace=False)
+    kinds = rng.integers(len(shapes), size=num_objects)
+    xys: list[np.ndarray] = []
+    for _ in range(MAX_PLACEMENT_TRIES):
+        xy = rng.uniform(SPAWN_LOW, SPAWN_HIGH)
+        if all(np.linalg.norm(xy - other) >= MIN_OBJECT_SPACING for other in xys):
+            xys.append(xy)
+            if len(xys) == num_objects:
+                break
+    else:
+        raise RuntimeError(f"could not place {num_objects} objects {MIN_OBJECT_SPACING} m apart")
+    yaws = rng.uniform(-MAX_YAW, MAX_YAW, size=num_objects)
+    return [
+        ObjectSpec(colours[c], shapes[k], (float(xy[0]), float(xy[1])), float(yaw))
+        for c, k, xy, yaw in zip(chosen, kinds, xys, yaws)
+    ]
+
+
+class Scene:
+    """Builds the static table once and (re)spawns the objects of each episode.
+
+    There is no floor: it would only show in the image corners and costs ~10 % of a
+    render; the background stays plain.
+    """
+
+    def __init__(self, sim: PyBulletSim) -> None:
+        self.sim = sim
+        c = sim.client
+        self._shape_ids: dict[str, tuple[int, int]] = {}
+        half = TABLE_HALF_EXTENTS
+        table_col = c.createCollisionShape(p.GEOM_BOX, halfExtents=half)
+        table_vis = c.createVisualShape(p.GEOM_BOX, halfExtents=half, rgbaColor=TABLE_RGBA)
+        sim.add_body(
+            "table",
+            c.createMultiBody(0, table_col, table_vis, basePosition=(*TABLE_CENTRE, -half[2])),
+        )
+        self.objects: list[ObjectSpec] = []
+
+    def _shape(self, shape: str) -> tuple[int, int]:
+        """Collision and visual shape ids for ``shape``, created once per client."""
+        if shape not in self._shape_ids:
+            c, r = self.sim.client, OBJECT_HALF_SIZE
+            if shape == "cube":
+                ids = (
+                    c.createCollisionShape(p.GEOM_BOX, halfExtents=[r] * 3),
+                    c.createVisualShape(p.GEOM_BOX, halfExtents=[r] * 3),
+                )
+            elif shape == "cylinder":
+                ids = (
+                    c.createCollisionShape(p.GEOM_CYLINDER, radius=r, height=CYLINDER_HEIGHT),
+                    c.createVisualShape(p.GEOM_CYLINDER, radius=r, length=CYLINDER_HEIGHT),
+                )
+            elif shape == "sphere":
+                ids = (
+                    c.createCollisionShape(p.GEOM_SPHERE, radius=r),
+                    c.createVisualShape(p.GEOM_SPHERE, radius=r),
+                )
+            else:
+                raise ValueError(f"unknown shape {shape!r}; known shapes: {SHAPES}")
+            self._shape_ids[shape] = ids
+        return self._shape_ids[shape]
+
+    @staticmethod
+    def body_name(index: int) -> str:
+        return f"object_{index}"
+
+    def clear(self) -> None:
+        for i in range(len(self.objects)):
+            self.sim.remove_body(self.body_name(i))
+        self.objects = []
+
+    def spawn(self, specs: list[ObjectSpec]) -> None:
+        """Replace the current objects with ``specs``, resting on the table."""
+        self.clear()
+        c = self.sim.client
+        for i, spec in enumerate(specs):
+            col, vis = self._shape(spec.shape)
+            quat = p.getQuaternionFromEuler((0.0, 0.0, spec.yaw))
+            body = c.createMultiBody(
+                OBJECT_MASS, col, vis, basePosition=(*spec.xy, spec.half_height), baseOrientation=quat
+            )
+            c.changeVisualShape(body, -1, rgbaColor=PALETTE[spec.colour])
+            c.changeDynamics(
+                body,
+                -1,
+                lateralFriction=OBJECT_FRICTION,
+                rollingFriction=SPHERE_ROLLING_FRICTION,
+                activationState=p.ACTIVATION_STATE_ENABLE_SLEEPING,
+            )
+            # Spawned exactly at rest, so start asleep: resting contacts then cost nothing
+            # until the robot (or another woken object) touches the object and wakes it.
+            c.changeDynamics(body, -1, activationState=p.ACTIVATION_STATE_SLEEP)
+            self.sim.add_body(self.body_name(i), body)
+        self.objects = list(specs)
+
+    def index_of(self, colour: str) -> int:
+        for i, spec in enumerate(self.objects):
+            if spec.colour == colour:
+                return i
+        present = [s.colour for s in self.objects]
+        raise ValueError(f"no {colour!r} object in this scene; colours present: {present}")

@@ -1,0 +1,57 @@
+"""Pictures of observations: RGB and depth side by side, with the instruction written on."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+DEPTH_COLORMAP = cv2.COLORMAP_VIRIDIS
+TEXT_BAND_HEIGHT = 22  # px
+TEXT_SCALE = 0.45
+TEXT_COLOUR = (255, 255, 255)  # RGB
+FILE_MODE = 0o644  # mkstemp creates 0o600; saved pictures are for everyone to read
+
+
+def depth_to_rgb(depth: np.ndarray, near: float | None = None, far: float | None = None) -> np.ndarray:
+    """Colour-map depth float32 (H, W[, 1]) in metres to uint8 (H, W, 3); near is bright."""
+    d = np.asarray(depth, dtype=np.float32).squeeze(-1) if np.ndim(depth) == 3 else np.asarray(depth, np.float32)
+    near = float(d.min()) if near is None else near
+    far = float(d.max()) if far is None else far
+    scaled = 1.0 - np.clip((d - near) / max(far - near, 1e-6), 0.0, 1.0)
+    bgr = cv2.applyColorMap((scaled * 255).astype(np.uint8), DEPTH_COLORMAP)
+    return bgr[..., ::-1].copy()
+
+
+def put_text_band(image: np.ndarray, text: str) -> np.ndarray:
+    """Return ``image`` uint8 (H, W, 3) with a black band holding ``text`` above it."""
+    band = np.zeros((TEXT_BAND_HEIGHT, image.shape[1], 3), dtype=np.uint8)
+    cv2.putText(band, text, (4, TEXT_BAND_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, TEXT_SCALE, TEXT_COLOUR, 1, cv2.LINE_AA)
+    return np.concatenate([band, image], axis=0)
+
+
+def observation_panel(obs: dict[str, np.ndarray], scale: int = 4, text: str | None = None) -> np.ndarray:
+    """RGB and colour-mapped depth side by side, upscaled ``scale`` times (nearest), uint8 RGB."""
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    panel = np.concatenate([obs["rgb"], depth_to_rgb(obs["depth"])], axis=1)
+    panel = cv2.resize(panel, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    return put_text_band(panel, text) if text else panel
+
+
+def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
+    """Write uint8 RGB (H, W, 3) as PNG via a temporary name and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode an image of shape {rgb.shape} as PNG")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(buf.tobytes())
+    os.chmod(tmp, FILE_MODE)
+    os.replace(tmp, path)
+    return path
