@@ -36,14 +36,3 @@ def assert_obs_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=f"observation key {key!r} differs")
-
-
-def run_expert(env: gym.Env, policy, max_steps: int = 200):
-    """Roll ``policy`` until the episode ends; return the last (obs, reward, terminated, truncated, info)."""
-    obs = env.unwrapped._observation()
-    for _ in range(max_steps):
-        action, _ = policy.predict(obs, deterministic=True)
-        obs, reward, terminated, truncated, info = env.step(action)
-        if terminated or truncated:
-            break
-    return obs, reward, terminated, truncated, info

@@ -84,6 +84,11 @@ def test_async_vector_env(env_id):
     try:
         obs, info = envs.reset(seed=[0, 1])
         assert obs["rgb"].shape == (2, 84, 84, 3)
+        # Worker processes build the same episode as this process for the same seed.
+        local = gym.make(env_id)
+        local_obs, _ = local.reset(seed=1)
+        local.close()
+        assert_obs_equal({k: v[1] for k, v in obs.items()}, local_obs)
         texts = decode_instruction(obs["instruction"])
         assert list(texts) == list(info["instruction"])
         for _ in range(3):
@@ -155,8 +160,13 @@ def test_option_unknown_target_colour(make_env):
 
 @pytest.mark.parametrize("options", [{"goal": "red"}, {"instruction": ""}, {"instruction": "x" * 200}])
 def test_bad_options(make_env, options):
+    env = make_env()
+    obs, info = env.reset(seed=9)
     with pytest.raises(ValueError):
-        make_env().reset(seed=0, options=options)
+        env.reset(seed=0, options=options)
+    # The failed reset left the running episode untouched.
+    assert env.unwrapped.scene.objects and env.unwrapped.instruction == info["instruction"]
+    assert_obs_equal(env.unwrapped._observation(), obs)
 
 
 # --- bad input ------------------------------------------------------------------------------
@@ -208,10 +218,9 @@ def test_bad_kwargs_raise(kwargs, error):
 # --- success and rewards ------------------------------------------------------------------
 def test_wrong_object_lift_is_not_success(env_id, make_env):
     env = make_env(env_id)
-    _, info = env.reset(seed=5)
+    obs, info = env.reset(seed=5)
     wrong = next(o["colour"] for o in info["objects"] if o != info["target"])
     policy = ScriptedPickPolicy(env, target=wrong)
-    obs = env.unwrapped._observation()
     unwrapped = env.unwrapped
     lifted = False
     for _ in range(MAX_EPISODE_STEPS):
@@ -251,9 +260,8 @@ def test_resting_objects_wake_up_when_pushed(make_env):
 
 def test_expert_success_terminates_with_reward_one(env_id, make_env):
     env = make_env(env_id)
-    env.reset(seed=6)
+    obs, _ = env.reset(seed=6)
     policy = ScriptedPickPolicy(env)
-    obs = env.unwrapped._observation()
     for _ in range(MAX_EPISODE_STEPS):
         obs, reward, terminated, truncated, info = env.step(policy.predict(obs)[0])
         if terminated or truncated:
@@ -266,9 +274,8 @@ def test_dense_reward_in_unit_interval_and_informative(make_env):
     env = make_env("VLAPickDense-v0")
     expert_rewards, random_rewards = [], []
     for seed in range(3):
-        env.reset(seed=seed)
+        obs, _ = env.reset(seed=seed)
         policy = ScriptedPickPolicy(env)
-        obs = env.unwrapped._observation()
         for _ in range(MAX_EPISODE_STEPS):
             obs, r, terminated, truncated, _ = env.step(policy.predict(obs)[0])
             expert_rewards.append(r)

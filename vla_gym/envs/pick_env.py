@@ -18,7 +18,7 @@ from vla_gym.envs.language import (
 )
 from vla_gym.envs.pybullet_sim import RENDERERS, Camera, PyBulletSim, zbuffer_to_metres
 from vla_gym.envs.robot import ROBOT_MESHES, Panda
-from vla_gym.envs.scene import COLOURS, Scene, sample_object_specs
+from vla_gym.envs.scene import COLOURS, Scene, index_of_colour, sample_object_specs
 from vla_gym.envs.task import REWARD_TYPES, PickTask
 
 TIME_STEP = 1.0 / 200.0  # s, physics step
@@ -206,19 +206,20 @@ class VLAPickEnv(gym.Env):
         low, high = self.config.num_objects
         specs = sample_object_specs(rng, int(rng.integers(low, high + 1)), COLOURS)
         target_index = int(rng.integers(len(specs)))
+        if options.get("target") is not None:
+            target_index = index_of_colour(specs, options["target"])
+        target = specs[target_index]
+        # Drawn even when replaced, so that the options never change the random stream.
+        text = sample_instruction(rng, target.colour, target.shape, self.config.instruction_split)
+        if options.get("instruction") is not None:
+            text = options["instruction"]
+        instruction_bytes = encode_instruction(text)  # validates before the sim is touched
         self.scene.clear()
         self.sim.restore_state(self._empty_state)
         self.robot.reset()
         self.scene.spawn(specs)
-        if options.get("target") is not None:
-            target_index = self.scene.index_of(options["target"])
         self.task.target_index = target_index
-        target = specs[target_index]
-        text = sample_instruction(rng, target.colour, target.shape, self.config.instruction_split)
-        if options.get("instruction") is not None:
-            text = options["instruction"]
-        self._instruction_bytes = encode_instruction(text)
-        self.instruction = text
+        self.instruction, self._instruction_bytes = text, instruction_bytes
         return self._observation(), self._info(success=False)
 
     def step(self, action):
@@ -243,12 +244,8 @@ class VLAPickEnv(gym.Env):
         self.sim.close()
 
     # --- privileged state (for scripted experts and tests) -------------------------------
-    @property
-    def target_position(self) -> np.ndarray:
-        """World position (m) of the target object's centre, shape (3,)."""
-        return self.sim.base_position(self.task.target_name)
-
     def object_position(self, colour: str) -> np.ndarray:
+        """World position (m) of the centre of the object of ``colour``, shape (3,)."""
         return self.sim.base_position(Scene.body_name(self.scene.index_of(colour)))
 
     # --- helpers ------------------------------------------------------------------------

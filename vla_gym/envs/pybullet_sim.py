@@ -97,10 +97,6 @@ class PyBulletSim:
         """World position (m) of a body's base, shape (3,)."""
         return np.asarray(self.client.getBasePositionAndOrientation(self.bodies[name])[0])
 
-    def base_pose(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        pos, quat = self.client.getBasePositionAndOrientation(self.bodies[name])
-        return np.asarray(pos), np.asarray(quat)
-
     def aabb(self, name: str, link: int = -1) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.client.getAABB(self.bodies[name], link)
         return np.asarray(lo), np.asarray(hi)

@@ -24,7 +24,6 @@ PANDA_DIR = Path(pybullet_data.getDataPath()) / "franka_panda"
 ARM_JOINTS = tuple(range(7))
 FINGER_JOINTS = (9, 10)
 EE_LINK = 11  # panda_grasptarget: between the fingertips
-HAND_LINK = 8
 FINGER_LINKS = (9, 10)
 
 #: Joint configuration (rad) with the gripper pointing down above the table centre.
@@ -82,7 +81,7 @@ class Panda:
         self.body = sim.add_body(
             "robot", sim.client.loadURDF(urdf, base_position, useFixedBase=True, flags=flags)
         )
-        # Grippy fingertips: both fingers are driven to the same target by _command_gripper.
+        # High-friction fingertips for a firm grasp; both fingers share one target (_command_gripper).
         for link in FINGER_LINKS:
             sim.client.changeDynamics(self.body, link, lateralFriction=1.5, spinningFriction=0.01)
         self.gripper_closed = False

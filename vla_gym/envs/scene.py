@@ -81,6 +81,15 @@ def sample_object_specs(
     ]
 
 
+def index_of_colour(specs: list[ObjectSpec], colour: str) -> int:
+    """Index of the object of ``colour`` in ``specs``; ``ValueError`` naming the colours present."""
+    for i, spec in enumerate(specs):
+        if spec.colour == colour:
+            return i
+    present = [s.colour for s in specs]
+    raise ValueError(f"no {colour!r} object in this scene; colours present: {present}")
+
+
 class Scene:
     """Builds the static table once and (re)spawns the objects of each episode.
 
@@ -159,8 +168,5 @@ class Scene:
         self.objects = list(specs)
 
     def index_of(self, colour: str) -> int:
-        for i, spec in enumerate(self.objects):
-            if spec.colour == colour:
-                return i
-        present = [s.colour for s in self.objects]
-        raise ValueError(f"no {colour!r} object in this scene; colours present: {present}")
+        """Index of the current object of ``colour`` (``ValueError`` if there is none)."""
+        return index_of_colour(self.objects, colour)
