@@ -31,6 +31,10 @@ SPHERE_ROLLING_FRICTION = 0.002  # keeps spheres from rolling away when nudged
 TABLE_HALF_EXTENTS = (0.35, 0.45, 0.02)  # m
 TABLE_CENTRE = (0.55, 0.0)  # m, world x/y of the table centre; its top is at z = 0
 TABLE_RGBA = (0.62, 0.50, 0.38, 1.0)
+#: The robot stands on a pedestal beside the table; its top is flush with the table (z = 0).
+PEDESTAL_HALF_EXTENTS = (0.12, 0.12, 0.38)  # m
+PEDESTAL_CENTRE = (-0.02, 0.0)  # m, world x/y
+PEDESTAL_RGBA = (0.30, 0.30, 0.33, 1.0)
 
 #: Region (m, world x/y) where object centres are placed, inside the arm's reach.
 SPAWN_LOW = np.array([0.40, -0.18])
@@ -91,7 +95,7 @@ def index_of_colour(specs: list[ObjectSpec], colour: str) -> int:
 
 
 class Scene:
-    """Builds the static table once and (re)spawns the objects of each episode.
+    """Builds the static table and the robot's pedestal once and (re)spawns the objects.
 
     There is no floor: it would only show in the image corners and costs ~10 % of a
     render; the background stays plain.
@@ -107,6 +111,12 @@ class Scene:
         sim.add_body(
             "table",
             c.createMultiBody(0, table_col, table_vis, basePosition=(*TABLE_CENTRE, -half[2])),
+        )
+        ped = PEDESTAL_HALF_EXTENTS
+        ped_col = c.createCollisionShape(p.GEOM_BOX, halfExtents=ped)
+        ped_vis = c.createVisualShape(p.GEOM_BOX, halfExtents=ped, rgbaColor=PEDESTAL_RGBA)
+        sim.add_body(
+            "pedestal", c.createMultiBody(0, ped_col, ped_vis, basePosition=(*PEDESTAL_CENTRE, -ped[2]))
         )
         self.objects: list[ObjectSpec] = []
 
