@@ -8,7 +8,6 @@ import gymnasium as gym
 import numpy as np
 
 from vla_gym.envs.pick_env import MAX_EE_STEP, VLAPickEnv
-from vla_gym.envs.robot import FINGER_LINKS
 from vla_gym.envs.scene import Scene
 
 HOVER_HEIGHT = 0.10  # m above the target centre to line up before descending
@@ -57,10 +56,6 @@ class ScriptedPickPolicy:
             return self.env.task.target_name
         return Scene.body_name(self.env.scene.index_of(self.target))
 
-    def _both_fingers_touch_target(self) -> bool:
-        body = self._target_body()
-        return all(self.env.sim.in_contact("robot", body, link) for link in FINGER_LINKS)
-
     def act(self) -> np.ndarray:
         """Noise-free expert action, float32 (4,), from the env's current state."""
         return self._plan()[0]
@@ -69,10 +64,11 @@ class ScriptedPickPolicy:
         """Expert action float32 (4,) and the distance (m) to the current sub-goal."""
         robot = self.env.robot
         ee = robot.ee_position()
-        target = self.env.sim.base_position(self._target_body())
+        body = self._target_body()
+        target = self.env.sim.base_position(body)
         grasp_point = target + np.array([0.0, 0.0, GRASP_OFFSET])
         if robot.gripper_closed:
-            if self._both_fingers_touch_target():
+            if all(robot.finger_contacts(body)):
                 goal, grip = ee + np.array([0.0, 0.0, MAX_EE_STEP]), 1.0  # lift
             elif robot.gripper_opening() < EMPTY_GRIP_OPENING:
                 goal, grip = ee + np.array([0.0, 0.0, MAX_EE_STEP]), -1.0  # missed: open, back off

@@ -183,7 +183,7 @@ class VLAPickEnv(gym.Env):
         )
         self.scene = Scene(self.sim)
         self.robot = Panda(self.sim, mesh=self.config.robot_mesh)
-        self.task = PickTask(self.sim, self.scene, reward_type=self.config.reward_type)
+        self.task = PickTask(self.sim, self.robot, self.scene, reward_type=self.config.reward_type)
         # Snapshot of the empty scene: each reset starts from it, so an episode never
         # depends on the ones before it (contact caches included).
         self.robot.reset()

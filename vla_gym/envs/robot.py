@@ -112,6 +112,10 @@ class Panda:
         states = self.sim.client.getJointStates(self.body, FINGER_JOINTS)
         return float(states[0][0] + states[1][0])
 
+    def finger_contacts(self, body_name: str) -> tuple[bool, ...]:
+        """For each finger (left, right): whether it touches the body named ``body_name``."""
+        return tuple(self.sim.in_contact("robot", body_name, link) for link in FINGER_LINKS)
+
     # --- control ------------------------------------------------------------------------
     def set_ee_target(self, position: np.ndarray) -> None:
         """Drive the end effector towards ``position`` (m) with the gripper pointing down."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from vla_gym.envs.pybullet_sim import PyBulletSim
-from vla_gym.envs.robot import FINGER_LINKS
+from vla_gym.envs.robot import Panda
 from vla_gym.envs.scene import Scene
 
 REWARD_TYPES = ("sparse", "dense")
@@ -30,14 +30,16 @@ class PickTask:
 
     Args:
         sim: the simulation.
+        robot: the robot whose fingers must hold the target.
         scene: the scene whose objects are the candidates.
         reward_type: "sparse" (1.0 on success, else 0.0) or "dense" (shaped, in [0, 1]).
     """
 
-    def __init__(self, sim: PyBulletSim, scene: Scene, reward_type: str = "sparse") -> None:
+    def __init__(self, sim: PyBulletSim, robot: Panda, scene: Scene, reward_type: str = "sparse") -> None:
         if reward_type not in REWARD_TYPES:
             raise ValueError(f"reward_type={reward_type!r} is not available; choose one of {REWARD_TYPES}")
         self.sim = sim
+        self.robot = robot
         self.scene = scene
         self.reward_type = reward_type
         self.target_index = 0
@@ -53,7 +55,7 @@ class PickTask:
 
     def target_touched(self) -> bool:
         """Whether a gripper finger touches the target."""
-        return any(self.sim.in_contact("robot", self.target_name, link) for link in FINGER_LINKS)
+        return any(self.robot.finger_contacts(self.target_name))
 
     def is_success(self) -> bool:
         """The target is held: at least :data:`LIFT_HEIGHT` above the table, a finger on it."""
