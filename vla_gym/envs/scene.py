@@ -103,22 +103,17 @@ class Scene:
 
     def __init__(self, sim: PyBulletSim) -> None:
         self.sim = sim
-        c = sim.client
         self._shape_ids: dict[str, tuple[int, int]] = {}
-        half = TABLE_HALF_EXTENTS
-        table_col = c.createCollisionShape(p.GEOM_BOX, halfExtents=half)
-        table_vis = c.createVisualShape(p.GEOM_BOX, halfExtents=half, rgbaColor=TABLE_RGBA)
-        sim.add_body(
-            "table",
-            c.createMultiBody(0, table_col, table_vis, basePosition=(*TABLE_CENTRE, -half[2])),
-        )
-        ped = PEDESTAL_HALF_EXTENTS
-        ped_col = c.createCollisionShape(p.GEOM_BOX, halfExtents=ped)
-        ped_vis = c.createVisualShape(p.GEOM_BOX, halfExtents=ped, rgbaColor=PEDESTAL_RGBA)
-        sim.add_body(
-            "pedestal", c.createMultiBody(0, ped_col, ped_vis, basePosition=(*PEDESTAL_CENTRE, -ped[2]))
-        )
+        self._add_static_box("table", TABLE_HALF_EXTENTS, TABLE_CENTRE, TABLE_RGBA)
+        self._add_static_box("pedestal", PEDESTAL_HALF_EXTENTS, PEDESTAL_CENTRE, PEDESTAL_RGBA)
         self.objects: list[ObjectSpec] = []
+
+    def _add_static_box(self, name: str, half_extents, centre_xy, rgba) -> None:
+        """A fixed box (m) whose top face lies at z = 0, centred on ``centre_xy``."""
+        c = self.sim.client
+        col = c.createCollisionShape(p.GEOM_BOX, halfExtents=half_extents)
+        vis = c.createVisualShape(p.GEOM_BOX, halfExtents=half_extents, rgbaColor=rgba)
+        self.sim.add_body(name, c.createMultiBody(0, col, vis, basePosition=(*centre_xy, -half_extents[2])))
 
     def _shape(self, shape: str) -> tuple[int, int]:
         """Collision and visual shape ids for ``shape``, created once per client."""
