@@ -40,7 +40,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -50,6 +49,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from report import NOT_INSTALLED, machine_description, markers, write_section
 
 # --- defaults and targets -----------------------------------------------------------------
 DEFAULT_STEPS = 2000  # timed steps per measurement
@@ -75,12 +76,10 @@ LABELS = {
     BARE: "(2) bare PyBullet loop (same scene, substeps, camera)",
     PANDA_GYM: f"(3) panda-gym `{PANDA_GYM_ID}` + render() {IMAGE_SIZE}x{IMAGE_SIZE}",
 }
-NOT_INSTALLED = "not installed"
 NOT_RUN = "not run"
 
-START_MARKER = "<!-- env_throughput:start -->"
-END_MARKER = "<!-- env_throughput:end -->"
-NEW_FILE_TITLE = "# Benchmark results"
+SECTION = "env_throughput"
+START_MARKER, END_MARKER = markers(SECTION)
 
 
 @dataclass
@@ -317,33 +316,6 @@ def run_worker(name: str, args: argparse.Namespace) -> Measurement:
         os.unlink(result_path)
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return NOT_INSTALLED
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_description() -> str:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"CPU: {cpu_model()}, {os.cpu_count()} logical cores ({usable} usable); "
-        f"{platform.system()} {platform.machine()}; "
-        f"Python {platform.python_version()}, pybullet {_version('pybullet')}, torch {_version('torch')}, "
-        f"gymnasium {_version('gymnasium')}, panda-gym {_version('panda-gym')}"
-    )
-
-
 #: A benchmark's outcome: its runs, or why there are none ("not installed", "not run").
 Outcome = list[Measurement] | str
 
@@ -434,32 +406,6 @@ def report_section(results: dict[str, Outcome], args: argparse.Namespace, comman
     )
 
 
-def write_section(path: Path, section: str) -> None:
-    """Put ``section`` into ``path``: replace the marked block if present, else append it.
-
-    Written atomically (a temp file in the same folder, then ``os.replace``).
-    """
-    if path.exists():
-        text = path.read_text()
-        start, end = text.find(START_MARKER), text.find(END_MARKER)
-        if start != -1 and end != -1 and end > start:
-            text = text[:start] + section + text[end + len(END_MARKER) :]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-    else:
-        text = f"{NEW_FILE_TITLE}\n\n{section}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -529,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     section = report_section(results, args, command)
     print(section.removeprefix(START_MARKER + "\n").removesuffix("\n" + END_MARKER))
     if args.out is not None:
-        write_section(args.out, section)
+        write_section(args.out, section, SECTION)
         print(f"\nwrote {args.out}", file=sys.stderr)
     return 0
 

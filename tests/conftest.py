@@ -36,3 +36,13 @@ def assert_obs_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=f"observation key {key!r} differs")
+
+
+@pytest.fixture(scope="session")
+def demo_file(tmp_path_factory) -> str:
+    """Six expert episodes of VLAPick-v0 (seeds 0-5), collected in this process."""
+    from vla_gym.data import CollectConfig, collect_demos
+
+    path = tmp_path_factory.mktemp("demos") / "demos.h5"
+    collect_demos(CollectConfig(out=str(path), episodes=6, workers=0, seed=0), progress=False)
+    return str(path)

@@ -22,3 +22,35 @@ def test_render_bad_target_is_a_clear_error(tmp_path, capsys):
     assert exc.value.code == 2
     assert "colours present" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_collect_train_evaluate_end_to_end(tmp_path, capsys):
+    data, run = tmp_path / "demos.h5", tmp_path / "run"
+    assert main(["collect", "--episodes", "3", "--workers", "0", "--out", str(data), "--no-progress"]) == 0
+    assert "3 episodes" in capsys.readouterr().out
+    assert main(["train-bc", "--data", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "16",
+                 "--rollout-every", "0", "--device", "cpu", "--no-progress"]) == 0
+    assert "policy.pt" in capsys.readouterr().out
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--policy", str(run / "policy.pt"), "--episodes", "2", "--json", str(report),
+                 "--device", "cpu", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "success" in out and report.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["collect", "--episodes", "0", "--out", "x.h5"], "episodes must be >= 1"),
+        (["collect", "--env-kwargs", "[1]", "--out", "x.h5"], "JSON object"),
+        (["train-bc", "--data", "missing.h5", "--device", "cpu"], "does not exist"),
+        (["evaluate", "--policy", "missing.pt"], "no checkpoint file exists"),
+        (["evaluate", "--policy", "scripted", "--target", "red", "--swap-target"], "not allowed with"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -45,21 +46,136 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
                    help="agent: RGB and depth the policy sees; viewer: the third-person rgb_array view")
 
 
+def _json_dict(text: str) -> dict:
+    """argparse type: a JSON object (for --env-kwargs)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object like '{{\"image_size\": 64}}', got {text!r}")
+    return value
+
+
+def _add_collect(sub: argparse._SubParsersAction) -> None:
+    from vla_gym.data.collect import DEFAULT_NOISE_STD
+
+    p = sub.add_parser("collect", help="record scripted-expert demos into an HDF5 file")
+    p.add_argument("--env", default="VLAPick-v0", choices=sorted(ENV_IDS))
+    p.add_argument("--env-kwargs", type=_json_dict, default=None, help="JSON object of extra env kwargs")
+    p.add_argument("--episodes", type=int, default=1000, help="episodes to keep")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (<= 1: in this process)")
+    p.add_argument("--seed", type=int, default=0, help="episode i tried uses seed + i")
+    p.add_argument("--noise-std", type=float, default=DEFAULT_NOISE_STD, help="expert action noise std")
+    p.add_argument("--keep-failures", action="store_true", help="keep failed episodes too (success=False)")
+    p.add_argument("--valid-fraction", type=float, default=0.1, help="share of episodes in mask/valid")
+    p.add_argument("--out", required=True, help="HDF5 file to write (replaced atomically)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_train_bc(sub: argparse._SubParsersAction) -> None:
+    from vla_gym.agents.bc import BCConfig
+
+    defaults = BCConfig(data="")
+    p = sub.add_parser("train-bc", help="behaviour-clone the VLA actor-critic from a demo file")
+    p.add_argument("--data", required=True, help="demo file from `vla-gym collect`")
+    p.add_argument("--out", default=defaults.out, help="run directory (policy.pt, last.pt, tb/, ...)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--contrastive-coef", type=float, default=defaults.contrastive_coef,
+                   help="weight of the InfoNCE vision-language loss (0: off)")
+    p.add_argument("--rollout-every", type=int, default=defaults.rollout_every, help="epochs between env checks")
+    p.add_argument("--rollout-episodes", type=int, default=defaults.rollout_episodes)
+    p.add_argument("--env", default=None, choices=sorted(ENV_IDS), help="must match the demo file's env")
+    p.add_argument("--env-kwargs", type=_json_dict, default=None, help="must match the demo file's env kwargs")
+    p.add_argument("--device", default=defaults.device, help="auto | cpu | cuda[:N]")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--lazy", action="store_true", help="read frames from the file as needed, not into RAM")
+    p.add_argument("--num-workers", type=int, default=defaults.num_workers, help="DataLoader workers")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="success rate of a policy on fixed seeds (95%% Wilson interval)")
+    p.add_argument("--policy", required=True, help="checkpoint path, or 'scripted' / 'random'")
+    p.add_argument("--env", default="VLAPick-v0", choices=sorted(ENV_IDS))
+    p.add_argument("--env-kwargs", type=_json_dict, default=None,
+                   help='JSON object of env kwargs, e.g. \'{"instruction_split": "test"}\'')
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--seed", type=int, default=100000, help="first seed (episode i uses seed + i)")
+    goal = p.add_mutually_exclusive_group()
+    goal.add_argument("--target", default=None, help="goal colour in every episode (seeds whose scene has it)")
+    goal.add_argument("--swap-target", action="store_true",
+                      help="grounding check: same scenes, another object as the goal")
+    p.add_argument("--json", default=None, help="write the result as JSON here")
+    p.add_argument("--video", default=None, help="record the first episodes to this .mp4")
+    p.add_argument("--video-episodes", type=int, default=3)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "render":
+        text = render_observation(
+            args.env, args.seed, args.out, scale=args.scale, target=args.target,
+            instruction=args.instruction, image_size=args.image_size, view=args.view,
+        )
+        print(f"{args.out}: {args.env} seed {args.seed}: {text!r}")
+    elif args.command == "collect":
+        from vla_gym.data.collect import CollectConfig, collect_demos
+
+        config = CollectConfig(
+            out=args.out, env_id=args.env, episodes=args.episodes, workers=args.workers, seed=args.seed,
+            noise_std=args.noise_std, keep_failures=args.keep_failures, valid_fraction=args.valid_fraction,
+            env_kwargs=args.env_kwargs,
+        )
+        print(collect_demos(config, progress=not args.no_progress).summary())
+    elif args.command == "train-bc":
+        from vla_gym.agents.bc import BCConfig, train_bc
+
+        config = BCConfig(
+            data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            contrastive_coef=args.contrastive_coef, rollout_every=args.rollout_every,
+            rollout_episodes=args.rollout_episodes, env_id=args.env, env_kwargs=args.env_kwargs,
+            device=args.device, amp=not args.no_amp, in_memory=not args.lazy, num_workers=args.num_workers,
+            seed=args.seed, resume=args.resume, progress=not args.no_progress,
+        )
+        result = train_bc(config)
+        print(
+            f"{result.policy_path}: {result.steps} steps over {result.epochs} epochs in {result.train_seconds:.0f} s "
+            f"({result.samples_per_second:.0f} samples/s); best: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in result.best.items() if isinstance(v, float))
+        )
+    elif args.command == "evaluate":
+        from vla_gym.evaluation import run_evaluation
+
+        result = run_evaluation(
+            args.policy, env_id=args.env, episodes=args.episodes, seed=args.seed, json_path=args.json,
+            video_path=args.video, video_episodes=args.video_episodes, device=args.device,
+            env_kwargs=args.env_kwargs, target=args.target, swap_target=args.swap_target,
+            progress=not args.no_progress,
+        )
+        print(f"{args.policy} on {args.env}: {result.summary()}")
+        print(result.per_target_summary())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vla-gym", description=vla_gym.__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"vla-gym {vla_gym.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_render(sub)
+    for add in (_add_render, _add_collect, _add_train_bc, _add_evaluate):
+        add(sub)
     args = parser.parse_args(argv)
     try:
-        if args.command == "render":
-            text = render_observation(
-                args.env, args.seed, args.out, scale=args.scale, target=args.target,
-                instruction=args.instruction, image_size=args.image_size, view=args.view,
-            )
-            print(f"{args.out}: {args.env} seed {args.seed}: {text!r}")
-    except (ValueError, TypeError) as err:
+        _run(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
         parser.exit(2, f"vla-gym {args.command}: error: {err}\n")
+    except KeyboardInterrupt:
+        hint = " (continue with --resume)" if args.command == "train-bc" else ""
+        parser.exit(130, f"vla-gym {args.command}: interrupted{hint}\n")
     return 0
 
 

@@ -1,16 +1,49 @@
 """Roll out any policy with ``predict(obs, deterministic=True) -> (action, state)`` on fixed
-seeds and report its success rate with a 95 % Wilson interval."""
+seeds and report its success rate with a 95 % Wilson interval, per target colour too.
+
+:func:`evaluate` runs a policy on an env (optionally recording an MP4 of the first
+episodes); :func:`policy_from_spec` turns a command-line string (``"scripted"``,
+``"random"`` or a checkpoint path) into a policy; :func:`run_evaluation` does both for
+``vla-gym evaluate`` and writes the result as JSON.
+"""
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import cv2
 import gymnasium as gym
+import numpy as np
+
+from vla_gym.envs.scene import COLOURS
+from vla_gym.visualize import FILE_MODE, put_text_band
 
 Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
+
+VIDEO_SUFFIX = ".mp4"
+VIDEO_FOURCC = "mp4v"
+#: Frames per second of evaluation videos: half the env's 20 Hz control rate (slow motion).
+VIDEO_FPS = 10
+#: The last frame of each recorded episode, with its outcome, is held this many frames (1 s).
+VIDEO_HOLD_FRAMES = VIDEO_FPS
+#: Text lines written above each video frame (instruction; episode, seed and outcome).
+VIDEO_TEXT_LINES = 2
+JSON_INDENT = 2
+#: With ``run_evaluation(target=...)``, give up after probing this many seeds per episode.
+MAX_SEEDS_PROBED_PER_EPISODE = 50
+
+POLICY_SPECS = ("scripted", "random")
+
+#: Reset options: one dict for every episode, or ``options(seed, index) -> dict | None``.
+ResetOptions = Mapping[str, Any] | Callable[[int, int], Mapping[str, Any] | None]
 
 
 def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
@@ -28,12 +61,23 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
 
 @dataclass
 class EvalResult:
-    """Outcome of :func:`evaluate`: success rate, its 95 % interval, episode lengths."""
+    """Outcome of :func:`evaluate`.
+
+    Attributes:
+        episodes: number of episodes run.
+        successes: episodes that ended in success.
+        mean_length: mean episode length in env steps.
+        per_target: per target colour, ``{"episodes": int, "successes": int}``.
+        episodes_log: one record per episode, in order: ``seed`` (int), ``target``
+            (the goal's colour), ``instruction`` (str), ``success`` (bool), ``length``
+            (env steps).
+    """
 
     episodes: int
     successes: int
     mean_length: float
     per_target: dict[str, dict[str, int]] = field(default_factory=dict)
+    episodes_log: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def success_rate(self) -> float:
@@ -41,10 +85,34 @@ class EvalResult:
 
     @property
     def interval(self) -> tuple[float, float]:
+        """95 % Wilson interval of the success rate."""
         return wilson_interval(self.successes, self.episodes)
 
+    def per_target_stats(self) -> dict[str, dict[str, Any]]:
+        """Per target colour (sorted): episodes, successes, success_rate and ci95 [lo, hi]."""
+        stats = {}
+        for colour in sorted(self.per_target):
+            cell = self.per_target[colour]
+            n, k = int(cell["episodes"]), int(cell["successes"])
+            stats[colour] = {
+                "episodes": n,
+                "successes": k,
+                "success_rate": k / n if n else 0.0,
+                "ci95": list(wilson_interval(k, n)),
+            }
+        return stats
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "success_rate": self.success_rate, "ci95": list(self.interval)}
+        """Plain-Python (JSON-ready) totals, per-target breakdown and the episode log."""
+        return {
+            "episodes": self.episodes,
+            "successes": self.successes,
+            "success_rate": self.success_rate,
+            "ci95": list(self.interval),
+            "mean_length": self.mean_length,
+            "per_target": self.per_target_stats(),
+            "episodes_log": [dict(record) for record in self.episodes_log],
+        }
 
     def summary(self) -> str:
         lo, hi = self.interval
@@ -53,36 +121,387 @@ class EvalResult:
             f"(95% CI {lo:.1%}-{hi:.1%}), mean episode length {self.mean_length:.1f}"
         )
 
+    def per_target_summary(self) -> str:
+        """Text table: one row per target colour with its success rate and 95 % interval."""
+        header = f"{'target':<8} {'episodes':>8} {'successes':>9} {'success':>8}  95% CI"
+        rows = [header]
+        for colour, s in self.per_target_stats().items():
+            lo, hi = s["ci95"]
+            rows.append(
+                f"{colour:<8} {s['episodes']:>8} {s['successes']:>9} {s['success_rate']:>8.1%}  {lo:.1%}-{hi:.1%}"
+            )
+        return "\n".join(rows)
+
+    def save_json(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
+        """Write ``{"metadata": metadata, **to_dict()}`` as indented JSON, atomically.
+
+        Parent directories are created; the file appears under ``path`` only once it is
+        complete (written to a temporary name in the same directory, then renamed).
+        """
+        payload = {"metadata": dict(metadata or {}), **self.to_dict()}
+        text = json.dumps(payload, indent=JSON_INDENT, default=_json_default) + "\n"
+        return _atomic_write_text(Path(path), text)
+
+
+def _json_default(value: Any) -> Any:
+    """Make numpy scalars/arrays, paths, tuples and sets JSON-serialisable."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"metadata value {value!r} of type {type(value).__name__} is not JSON-serialisable")
+
+
+def _atomic_write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return path
+
+
+def _remove_quietly(path: str | os.PathLike) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _check_video_path(video_path: str | os.PathLike) -> Path:
+    path = Path(video_path)
+    if path.suffix.lower() != VIDEO_SUFFIX:
+        raise ValueError(f"video_path={os.fspath(video_path)!r} must end in {VIDEO_SUFFIX!r} (MP4 video)")
+    return path
+
+
+class _VideoRecorder:
+    """Writes RGB frames to an MP4 via a temporary name; :meth:`finish` renames it into place."""
+
+    def __init__(self, path: Path, fps: float = VIDEO_FPS) -> None:
+        self.path, self.fps = path, fps
+        self.frames = 0
+        self._writer: cv2.VideoWriter | None = None
+        self._tmp: str | None = None
+        self._size: tuple[int, int] | None = None
+
+    def write(self, rgb: np.ndarray) -> None:
+        """Append one uint8 RGB frame (H, W, 3); every frame must have the first's size."""
+        height, width = rgb.shape[:2]
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".tmp.mp4")
+            os.close(fd)
+            self._size = (width, height)
+            self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*VIDEO_FOURCC), self.fps, self._size)
+            if not self._writer.isOpened():
+                self.abort()
+                raise RuntimeError(f"OpenCV could not open an {VIDEO_FOURCC!r} video writer for {self.path}")
+        if (width, height) != self._size:
+            raise ValueError(f"video frame size {width}x{height} differs from the first frame's {self._size}")
+        self._writer.write(np.ascontiguousarray(rgb[..., ::-1]))  # OpenCV wants BGR
+        self.frames += 1
+
+    def finish(self) -> Path:
+        if self._writer is None or self._tmp is None:
+            raise RuntimeError(f"no frames were recorded for {self.path}")
+        self._writer.release()
+        self._writer = None
+        os.chmod(self._tmp, FILE_MODE)
+        os.replace(self._tmp, self.path)
+        self._tmp = None
+        return self.path
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._tmp is not None:
+            _remove_quietly(self._tmp)
+            self._tmp = None
+
+
+def _render_frame(env: gym.Env) -> np.ndarray:
+    frame = env.render()
+    if frame is None:
+        raise ValueError(
+            "env.render() returned None; to record a video make the env with render_mode='rgb_array' "
+            f"(it has render_mode={getattr(env, 'render_mode', None)!r})"
+        )
+    return np.asarray(frame, dtype=np.uint8)
+
+
+def _annotate(frame: np.ndarray, instruction: str, status: str) -> np.ndarray:
+    """``frame`` (H, W, 3) with two text bands above it: instruction, then ``status``."""
+    return put_text_band(put_text_band(frame, status), instruction)
+
+
+def _reset_options(options: ResetOptions | None, seed: int, index: int) -> dict[str, Any] | None:
+    chosen = options(seed, index) if callable(options) else options
+    if chosen is not None and not isinstance(chosen, Mapping):
+        raise TypeError(f"reset options for seed {seed} must be a dict or None, got {type(chosen).__name__}")
+    return None if chosen is None else dict(chosen)
+
 
 def evaluate(
     env: gym.Env,
     policy_factory: Callable[[gym.Env], Any],
     seeds: Iterable[int],
     deterministic: bool = True,
-    options: dict[str, Any] | None = None,
+    options: ResetOptions | None = None,
+    video_path: str | os.PathLike | None = None,
+    video_episodes: int = 3,
+    progress: bool = False,
 ) -> EvalResult:
     """Run one episode per seed; the policy is built once by ``policy_factory(env)``.
 
     Episodes end on termination or truncation, so ``env`` needs a time limit
     (``gym.make`` adds the registered one).
+
+    Args:
+        env: a ``VLAPick`` env (its ``info`` must hold ``target``, ``instruction`` and
+            ``is_success``).
+        policy_factory: ``env -> policy`` with ``predict(obs, deterministic=...)``
+            returning ``(action, state)``.
+        seeds: one episode per seed, in order.
+        deterministic: passed to ``predict``.
+        options: reset options, either one dict for every episode or a callable
+            ``options(seed, index) -> dict | None`` (index counts episodes from 0).
+        video_path: if given, an ``.mp4`` of the first ``video_episodes`` episodes
+            rendered by ``env.render()`` (the env needs ``render_mode="rgb_array"``),
+            at :data:`VIDEO_FPS`, with the instruction and episode/seed/outcome above
+            each frame.
+        video_episodes: episodes to record (>= 1 when ``video_path`` is given).
+        progress: show a tqdm bar with the running success rate.
     """
+    seeds = [int(s) for s in seeds]
+    if options is not None and not (callable(options) or isinstance(options, Mapping)):
+        raise TypeError(f"options must be a dict, a callable (seed, index) -> dict | None, or None; got {options!r}")
+    recorder: _VideoRecorder | None = None
+    if video_path is not None:
+        path = _check_video_path(video_path)
+        if video_episodes < 1:
+            raise ValueError(f"video_episodes must be >= 1 when video_path is given, got {video_episodes}")
+        if not seeds:
+            raise ValueError("video_path needs at least one seed to record")
+        recorder = _VideoRecorder(path)
     policy = policy_factory(env)
-    seeds = list(seeds)
+    bar = _progress_bar(len(seeds)) if progress else None
     successes, total_length = 0, 0
     per_target: dict[str, dict[str, int]] = {}
-    for seed in seeds:
-        obs, info = env.reset(seed=seed, options=options)
-        colour = info["target"]["colour"]
-        length, done = 0, False
-        while not done:
-            action, _ = policy.predict(obs, deterministic=deterministic)
-            obs, _, terminated, truncated, info = env.step(action)
-            length += 1
-            done = terminated or truncated
-        success = bool(info["is_success"])
-        successes += success
-        total_length += length
-        cell = per_target.setdefault(colour, {"episodes": 0, "successes": 0})
-        cell["episodes"] += 1
-        cell["successes"] += success
-    return EvalResult(len(seeds), successes, total_length / max(len(seeds), 1), per_target)
+    log: list[dict[str, Any]] = []
+    try:
+        for index, seed in enumerate(seeds):
+            obs, info = env.reset(seed=seed, options=_reset_options(options, seed, index))
+            colour, instruction = info["target"]["colour"], info["instruction"]
+            record = recorder is not None and index < video_episodes
+            episode = f"episode {index + 1} seed {seed}"
+            if record:
+                frame = _render_frame(env)
+                recorder.write(_annotate(frame, instruction, f"{episode} step 0"))
+            length, done = 0, False
+            while not done:
+                action, _ = policy.predict(obs, deterministic=deterministic)
+                obs, _, terminated, truncated, info = env.step(action)
+                length += 1
+                done = terminated or truncated
+                if record:
+                    frame = _render_frame(env)
+                    if not done:
+                        recorder.write(_annotate(frame, instruction, f"{episode} step {length}"))
+            success = bool(info["is_success"])
+            if record:
+                outcome = _annotate(frame, instruction, f"{episode}: {'success' if success else 'fail'}")
+                for _ in range(VIDEO_HOLD_FRAMES):
+                    recorder.write(outcome)
+                if index == min(video_episodes, len(seeds)) - 1:
+                    recorder.finish()  # the video is complete: write it now, not after all episodes
+            successes += success
+            total_length += length
+            cell = per_target.setdefault(colour, {"episodes": 0, "successes": 0})
+            cell["episodes"] += 1
+            cell["successes"] += success
+            log.append(
+                {"seed": seed, "target": colour, "instruction": instruction, "success": success, "length": length}
+            )
+            if bar is not None:
+                bar.set_postfix(success=f"{successes / (index + 1):.1%}", refresh=False)
+                bar.update(1)
+    finally:
+        if recorder is not None:
+            recorder.abort()
+        if bar is not None:
+            bar.close()
+    return EvalResult(len(seeds), successes, total_length / max(len(seeds), 1), per_target, log)
+
+
+def _progress_bar(total: int):
+    """A tqdm bar over ``total`` episodes, or None (with a warning) without tqdm."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        warnings.warn("progress=True needs tqdm (pip install tqdm); evaluating without a progress bar", stacklevel=3)
+        return None
+    return tqdm(total=total, desc="evaluate", unit="episode")
+
+
+class RandomPolicy:
+    """Uniformly random actions from ``action_space`` (seeded), with SB3-style ``predict``."""
+
+    def __init__(self, action_space: gym.Space, seed: int | None = 0) -> None:
+        self.action_space = action_space
+        self.action_space.seed(seed)
+
+    def predict(
+        self, observation: Any = None, state: Any = None, episode_start: Any = None, deterministic: bool = True
+    ) -> tuple[Any, Any]:
+        return self.action_space.sample(), state
+
+
+def policy_from_spec(spec: str, env: gym.Env, device: str = "auto", seed: int = 0) -> Any:
+    """Build a policy from a command-line string.
+
+    ``"scripted"``: :class:`~vla_gym.agents.ScriptedPickPolicy` (privileged expert);
+    ``"random"``: :class:`RandomPolicy` on ``env.action_space`` seeded with ``seed``;
+    anything else: a checkpoint file loaded by ``vla_gym.agents.load_policy(spec, device=device)``.
+    """
+    if spec == "scripted":
+        from vla_gym.agents import ScriptedPickPolicy
+
+        return ScriptedPickPolicy(env)
+    if spec == "random":
+        return RandomPolicy(env.action_space, seed=seed)
+    if not Path(spec).exists():
+        raise FileNotFoundError(
+            f"policy {spec!r} is not one of {list(POLICY_SPECS)} and no checkpoint file exists at that path"
+        )
+    from vla_gym.agents import load_policy
+
+    policy = load_policy(spec, device=device)
+    wanted = {k: space.shape for k, space in policy.observation_space.spaces.items()}
+    given = {k: space.shape for k, space in env.observation_space.spaces.items()}
+    if wanted != given:
+        raise ValueError(
+            f"checkpoint {spec!r} was trained on observations shaped {wanted}, but this env gives {given} "
+            f"(its env kwargs were {policy.checkpoint_meta['env']['env_kwargs']})"
+        )
+    return policy
+
+
+def swapped_target_options(env: gym.Env) -> Callable[[int, int], dict[str, Any]]:
+    """Reset options for a grounding check: on each seed's own scene, the goal becomes the
+    object after the seed's default target (in spawn order), and the instruction names it.
+
+    Probes each seed with a plain reset first (the scene depends on the seed alone).
+    """
+
+    def options(seed: int, index: int) -> dict[str, Any]:
+        _, info = env.reset(seed=seed)
+        colours = [obj["colour"] for obj in info["objects"]]
+        return {"target": colours[(colours.index(info["target"]["colour"]) + 1) % len(colours)]}
+
+    return options
+
+
+def _seeds_with_target(env: gym.Env, colour: str, first_seed: int, episodes: int) -> list[int]:
+    """The first ``episodes`` seeds from ``first_seed`` up whose scene holds a ``colour`` object.
+
+    Probes each seed with a plain reset (the scene depends on the seed alone).
+    """
+    seeds: list[int] = []
+    limit = first_seed + episodes * MAX_SEEDS_PROBED_PER_EPISODE
+    seed = first_seed
+    while len(seeds) < episodes:
+        if seed >= limit:
+            raise ValueError(f"only {len(seeds)} of the seeds {first_seed}..{limit - 1} have a {colour!r} object")
+        _, info = env.reset(seed=seed)
+        if any(obj["colour"] == colour for obj in info["objects"]):
+            seeds.append(seed)
+        seed += 1
+    return seeds
+
+
+def run_evaluation(
+    policy: str,
+    env_id: str = "VLAPick-v0",
+    episodes: int = 100,
+    seed: int = 100000,
+    json_path: str | os.PathLike | None = None,
+    video_path: str | os.PathLike | None = None,
+    video_episodes: int = 3,
+    device: str = "auto",
+    env_kwargs: Mapping[str, Any] | None = None,
+    target: str | None = None,
+    progress: bool = True,
+    swap_target: bool = False,
+) -> EvalResult:
+    """Evaluate the policy ``policy`` (see :func:`policy_from_spec`) on ``env_id``, deterministically.
+
+    ``swap_target=True`` is the grounding check: the same seeded scenes, each with another
+    object as the goal (see :func:`swapped_target_options`).
+
+    Seeds are ``range(seed, seed + episodes)``. With ``target`` (a colour name), the goal of
+    every episode is the object of that colour (reset option ``target``), and the seeds are
+    instead the first ``episodes`` seeds from ``seed`` up whose scene holds such an object.
+    Writes ``json_path`` (result plus metadata: env_id, env_kwargs, policy, seeds, ...) and
+    an MP4 of the first ``video_episodes`` episodes to ``video_path`` if given. Backs
+    ``vla-gym evaluate``.
+    """
+    if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
+        raise ValueError(f"episodes must be an int >= 1, got {episodes!r}")
+    if video_path is not None:
+        _check_video_path(video_path)
+        if video_episodes < 1:
+            raise ValueError(f"video_episodes must be >= 1 when video_path is given, got {video_episodes}")
+    if target is not None and swap_target:
+        raise ValueError("give either target (one goal colour for every episode) or swap_target, not both")
+    if target is not None and target not in COLOURS:
+        raise ValueError(f"target={target!r} is not a colour; choose one of {list(COLOURS)}")
+    env_kwargs = dict(env_kwargs or {})
+    if "render_mode" in env_kwargs:
+        raise ValueError("env_kwargs must not set render_mode: it is 'rgb_array' when video_path is given, else None")
+    # Importing this module imported ``vla_gym``, which registered the env ids.
+    env = gym.make(env_id, render_mode="rgb_array" if video_path is not None else None, **env_kwargs)
+    try:
+        if swap_target:
+            seeds, options = list(range(seed, seed + episodes)), swapped_target_options(env)
+        elif target is None:
+            seeds, options = list(range(seed, seed + episodes)), None
+        else:
+            seeds, options = _seeds_with_target(env, target, seed, episodes), {"target": target}
+        result = evaluate(
+            env,
+            lambda e: policy_from_spec(policy, e, device=device, seed=seed),
+            seeds,
+            deterministic=True,
+            options=options,
+            video_path=video_path,
+            video_episodes=video_episodes,
+            progress=progress,
+        )
+    finally:
+        env.close()
+    if json_path is not None:
+        metadata = {
+            "env_id": env_id,
+            "env_kwargs": env_kwargs,
+            "policy": policy,
+            "device": device,
+            "seed_first": seeds[0],
+            "seed_last": seeds[-1],
+            "target": target,
+            "swap_target": swap_target,
+            "deterministic": True,
+            "video_path": None if video_path is None else os.fspath(video_path),
+        }
+        result.save_json(json_path, metadata)
+    return result

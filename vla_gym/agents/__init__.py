@@ -1,5 +1,32 @@
-"""Agents: scripted experts now; the VLA network, BC and PPO build on the same seams."""
+"""Agents: the scripted expert, the VLA actor-critic network, behaviour cloning, checkpoints.
+
+The torch-based parts are imported on first use, so ``from vla_gym.agents import
+ScriptedPickPolicy`` stays light for demo-collection workers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from vla_gym.agents.scripted import ScriptedPickPolicy
 
-__all__ = ["ScriptedPickPolicy"]
+_LAZY = {
+    "BCConfig": "vla_gym.agents.bc",
+    "BCResult": "vla_gym.agents.bc",
+    "train_bc": "vla_gym.agents.bc",
+    "CheckpointError": "vla_gym.agents.checkpoint",
+    "load_policy": "vla_gym.agents.checkpoint",
+    "NetworkConfig": "vla_gym.agents.network",
+    "VLAActorCriticPolicy": "vla_gym.agents.network",
+    "VLAFeaturesExtractor": "vla_gym.agents.network",
+    "info_nce": "vla_gym.agents.network",
+}
+
+__all__ = ["ScriptedPickPolicy", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vla_gym.agents' has no attribute {name!r}")

@@ -98,8 +98,19 @@ class ScriptedPickPolicy:
         episode_start: Any = None,
         deterministic: bool = True,
     ) -> tuple[np.ndarray, Any]:
-        action, distance = self._plan()
-        if not deterministic and self.noise_std > 0:
+        if deterministic:
+            return self.act(), state
+        return self.act_noisy()[1], state
+
+    def act_noisy(self) -> tuple[np.ndarray, np.ndarray]:
+        """The noise-free expert action and a copy with ``noise_std`` noise on the motion part.
+
+        Demonstrations execute the noisy one and record the clean one as the label, so the
+        recorded states cover small deviations and the labels say how to recover from them.
+        """
+        clean, distance = self._plan()
+        noisy = clean.copy()
+        if self.noise_std > 0:
             scale = self.noise_std * min(1.0, distance / NOISE_FADE_DISTANCE)
-            action[:3] = np.clip(action[:3] + self.rng.normal(0.0, scale, 3), -1.0, 1.0)
-        return action, state
+            noisy[:3] = np.clip(noisy[:3] + self.rng.normal(0.0, scale, 3), -1.0, 1.0)
+        return clean, noisy

@@ -7,6 +7,8 @@ training. Colour words are the same in both (they are what makes the goal unambi
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 INSTRUCTION_SPLITS = ("train", "test")
@@ -97,3 +99,11 @@ def decode_instruction(encoded: np.ndarray) -> str | list[str]:
         return [decode_instruction(row) for row in arr]
     raw = arr.astype(np.uint8).tobytes()
     return raw.split(b"\x00", 1)[0].decode("utf-8", errors="replace")
+
+
+def words_of_split(split: str) -> set[str]:
+    """Every lower-case word the ``split``'s templates, verbs and nouns can produce (colours aside)."""
+    _check_split(split)
+    texts = [t.format(verb="", colour="", noun="") for t in TEMPLATES[split]]
+    texts += list(VERBS[split]) + [noun for nouns in NOUNS[split].values() for noun in nouns]
+    return {word for text in texts for word in re.findall(r"[a-z]+", text.lower())}

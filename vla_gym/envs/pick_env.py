@@ -102,6 +102,24 @@ class VLAPickConfig:
         return cls(**kwargs)
 
 
+def make_action_space() -> spaces.Box:
+    """``Box(-1, 1, (4,), float32)``: (dx, dy, dz, grip)."""
+    return spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+
+
+def make_observation_space(image_size: int) -> spaces.Dict:
+    """The env's Dict observation space for square images of side ``image_size`` px."""
+    size = image_size
+    return spaces.Dict(
+        {
+            "rgb": spaces.Box(0, 255, (size, size, 3), np.uint8),
+            "depth": spaces.Box(AGENT_CAMERA.near, AGENT_CAMERA.far, (size, size, 1), np.float32),
+            "proprio": spaces.Box(PROPRIO_LOW, PROPRIO_HIGH, (PROPRIO_DIM,), np.float32),
+            "instruction": spaces.Box(0, 255, (MAX_INSTRUCTION_BYTES,), np.uint8),
+        }
+    )
+
+
 class VLAPickEnv(gym.Env):
     """Pick up the object named by a language instruction with a Franka Panda.
 
@@ -156,7 +174,9 @@ class VLAPickEnv(gym.Env):
     ``{"rgb_array", "human"}``.
 
     ## Version History
-    - v0: initial release.
+    - v0: initial release. Before any tag, the simulator was made to sort PyBullet's
+      overlapping pairs, so an episode no longer depends on the episodes an env ran before
+      it (contact-rich episodes collected with earlier commits can differ).
     """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": round(1.0 / CONTROL_PERIOD)}
@@ -168,16 +188,8 @@ class VLAPickEnv(gym.Env):
                 f"render_mode={render_mode!r} is not available; choose None or one of {self.metadata['render_modes']}"
             )
         self.render_mode = render_mode
-        size = self.config.image_size
-        self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
-        self.observation_space = spaces.Dict(
-            {
-                "rgb": spaces.Box(0, 255, (size, size, 3), np.uint8),
-                "depth": spaces.Box(AGENT_CAMERA.near, AGENT_CAMERA.far, (size, size, 1), np.float32),
-                "proprio": spaces.Box(PROPRIO_LOW, PROPRIO_HIGH, (PROPRIO_DIM,), np.float32),
-                "instruction": spaces.Box(0, 255, (MAX_INSTRUCTION_BYTES,), np.uint8),
-            }
-        )
+        self.action_space = make_action_space()
+        self.observation_space = make_observation_space(self.config.image_size)
         self.sim = PyBulletSim(
             TIME_STEP, SOLVER_ITERATIONS, gui=render_mode == "human", renderer=self.config.renderer
         )

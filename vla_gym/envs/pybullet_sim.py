@@ -38,6 +38,19 @@ class Camera:
     def projection_matrix(self, aspect: float) -> tuple[float, ...]:
         return p.computeProjectionMatrixFOV(self.fov_deg, aspect, self.near, self.far)
 
+    def project(self, points: np.ndarray, width: int, height: int) -> np.ndarray:
+        """Pixel coordinates (column, row), float (..., 2), of world points (..., 3) in metres,
+        in an image of ``width`` x ``height`` rendered by this camera (pixel centres at integers)."""
+        view = np.asarray(self.view_matrix(), dtype=np.float64).reshape(4, 4).T  # PyBullet is column-major
+        proj = np.asarray(self.projection_matrix(width / height), dtype=np.float64).reshape(4, 4).T
+        points = np.asarray(points, dtype=np.float64)
+        homogeneous = np.concatenate([points, np.ones((*points.shape[:-1], 1))], axis=-1)
+        clip = homogeneous @ (proj @ view).T
+        ndc = clip[..., :2] / clip[..., 3:4]
+        column = (ndc[..., 0] + 1) * width / 2 - 0.5
+        row = (1 - ndc[..., 1]) * height / 2 - 0.5
+        return np.stack([column, row], axis=-1)
+
 
 def zbuffer_to_metres(zbuffer: np.ndarray, near: float, far: float) -> np.ndarray:
     """Turn an OpenGL depth buffer in [0, 1] into metric depth along the optical axis."""
@@ -62,7 +75,11 @@ class PyBulletSim:
             raise ValueError(f"renderer={renderer!r} is not available; choose one of {RENDERERS}")
         self.time_step = time_step
         self.client = bullet_client.BulletClient(connection_mode=p.GUI if gui else p.DIRECT)
-        self.client.setPhysicsEngineParameter(fixedTimeStep=time_step, numSolverIterations=solver_iterations)
+        # deterministicOverlappingPairs sorts the broadphase pairs: without it the contact order
+        # (and so an episode) depends on which bodies earlier episodes added and removed.
+        self.client.setPhysicsEngineParameter(
+            fixedTimeStep=time_step, numSolverIterations=solver_iterations, deterministicOverlappingPairs=1
+        )
         self.client.setGravity(0.0, 0.0, GRAVITY)
         if gui:
             self.client.configureDebugVisualizer(p.COV_ENABLE_GUI, 0)

@@ -1,0 +1,229 @@
+"""Demo collection into HDF5, the torch Dataset, and augmentation."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from vla_gym.data import CollectConfig, DatasetError, DemoDataset, check_env_matches, collect_demos, open_demo_file
+from vla_gym.data import collect as collect_module
+from vla_gym.data.augment import AugmentConfig, augment_batch, colour_jitter, random_shift
+from vla_gym.data.dataset import collate_batch, paraphrase_instruction
+from vla_gym.agents.network import words_of
+from vla_gym.envs.language import decode_instruction, words_of_split
+from vla_gym.envs.scene import PALETTE
+
+FRAME_KEYS = {"rgb": (84, 84, 3), "depth": (84, 84, 1), "proprio": (8,), "instruction": (128,), "action": (4,)}
+
+
+def test_file_layout_and_round_trip(demo_file):
+    with h5py.File(demo_file) as f:
+        data = f["data"]
+        env_args = json.loads(data.attrs["env_args"])
+        assert env_args["env_name"] == "VLAPick-v0"
+        names = sorted(n for n in data if n.startswith("demo_"))
+        assert len(names) == 6
+        train = {n.decode() for n in f["mask/train"][()]}
+        valid = {n.decode() for n in f["mask/valid"][()]}
+        assert train | valid == set(names) and not train & valid and valid
+        demo = data["demo_0"]
+        n = demo.attrs["num_samples"]
+        assert demo["obs/rgb"].shape == (n, 84, 84, 3) and demo["obs/rgb"].compression == "gzip"
+        assert demo["obs/depth"].chunks == (1, 84, 84, 1)
+        assert demo["actions"].shape == demo["executed_actions"].shape == (n, 4)
+        assert demo["states/target_positions"].shape == (n, 3)
+        assert demo["dones"][-1] == 1 and demo["dones"][:-1].sum() == 0
+        assert demo["rewards"][-1] == 1.0 and demo.attrs["success"]
+        assert decode_instruction(demo["obs/instruction"][0]) == demo.attrs["instruction"]
+        seed, first_obs = int(demo.attrs["seed"]), {k: demo["obs"][k][0] for k in demo["obs"]}
+        collector = json.loads(data.attrs["collector"])
+        assert collector["noise_std"] == 0.3 and data.attrs["total"] == sum(data[m].attrs["num_samples"] for m in names)
+    # The env rebuilt from the file's own description gives back the stored first frame.
+    env = gym.make(env_args["env_name"], **env_args["env_kwargs"])
+    obs, info = env.reset(seed=seed)
+    env.close()
+    for key, value in obs.items():
+        np.testing.assert_array_equal(value, first_obs[key], err_msg=key)
+
+
+def test_same_demos_whatever_the_number_of_workers(demo_file, tmp_path):
+    out = tmp_path / "two_workers.h5"
+    collect_demos(CollectConfig(out=str(out), episodes=3, workers=2, seed=0), progress=False)
+    with h5py.File(demo_file) as a, h5py.File(out) as b:
+        for i in range(3):
+            for key in ("obs/rgb", "obs/depth", "obs/proprio", "actions", "executed_actions"):
+                np.testing.assert_array_equal(a[f"data/demo_{i}/{key}"][()], b[f"data/demo_{i}/{key}"][()])
+
+
+def test_dataset_items_and_dataloader_workers(demo_file):
+    dataset = DemoDataset(demo_file, split="all")
+    with h5py.File(demo_file) as f:
+        assert len(dataset) == f["data"].attrs["total"]
+        np.testing.assert_array_equal(dataset[1]["rgb"], f["data/demo_0/obs/rgb"][1])
+        np.testing.assert_array_equal(dataset[1]["action"], f["data/demo_0/actions"][1])
+    item = dataset[0]
+    assert {k: v.shape for k, v in item.items() if k in FRAME_KEYS} == FRAME_KEYS
+    assert 0 < item["return"] <= 1
+    # Privileged label: the goal's offset from the end-effector (m); near zero once grasped.
+    assert item["target_offset"].shape == (3,) and np.linalg.norm(item["target_offset"]) > 0.1
+    assert np.linalg.norm(dataset[int(dataset.lengths[0]) - 1]["target_offset"]) < 0.03
+    loader = DataLoader(dataset, batch_size=8, shuffle=True, num_workers=2, collate_fn=collate_batch)
+    batch = next(iter(loader))
+    assert {k: tuple(v.shape[1:]) for k, v in batch.items() if k in FRAME_KEYS} == FRAME_KEYS
+    assert batch["rgb"].dtype == torch.uint8 and batch["action"].dtype == torch.float32
+    assert batch["action"].shape[0] == 8
+    # In-memory batches equal lazy ones.
+    memory = DemoDataset(demo_file, split="all", in_memory=True)
+    stacked = collate_batch(memory.__getitems__([0, 5, 9]))
+    for key in FRAME_KEYS:
+        np.testing.assert_array_equal(stacked[key][1].numpy(), dataset[5][key])
+
+
+def test_splits_and_success_filter(demo_file, tmp_path):
+    train, valid = DemoDataset(demo_file, "train"), DemoDataset(demo_file, "valid")
+    assert set(train.episodes).isdisjoint(valid.episodes) and len(train.episodes) + len(valid.episodes) == 6
+    edited = tmp_path / "edited.h5"
+    edited.write_bytes(open(demo_file, "rb").read())
+    with h5py.File(edited, "a") as f:
+        f["data/demo_0"].attrs["success"] = False
+    assert "demo_0" not in DemoDataset(edited, "all").episodes
+    assert "demo_0" in DemoDataset(edited, "all", only_successful=False).episodes
+    with pytest.raises(ValueError, match="split"):
+        DemoDataset(demo_file, "test")
+
+
+def test_missing_corrupt_and_mismatched_files(demo_file, tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        DemoDataset(tmp_path / "nope.h5")
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"not an hdf5 file" * 100)
+    with pytest.raises(DatasetError, match="not a readable HDF5 file"):
+        DemoDataset(garbage)
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(open(demo_file, "rb").read()[: os.path.getsize(demo_file) // 2])
+    with pytest.raises(DatasetError):
+        DemoDataset(truncated)
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(open(demo_file, "rb").read())
+    with h5py.File(broken, "a") as f:
+        del f["data/demo_1/actions"]
+    with pytest.raises(DatasetError, match="demo_1/actions is missing"):
+        open_demo_file(broken)
+    with pytest.raises(DatasetError, match="image_size: file 84 vs requested 64"):
+        check_env_matches(demo_file, "VLAPick-v0", {"image_size": 64})
+    with pytest.raises(DatasetError, match="collected on 'VLAPick-v0', not 'VLAPickDense-v0'"):
+        check_env_matches(demo_file, "VLAPickDense-v0", None)
+    assert check_env_matches(demo_file, "VLAPick-v0", {"num_objects": [3, 5]})["env_name"] == "VLAPick-v0"
+
+
+def test_interrupted_collection_keeps_the_previous_file(demo_file, tmp_path, monkeypatch):
+    out = tmp_path / "demos.h5"
+    out.write_bytes(open(demo_file, "rb").read())
+    before = out.read_bytes()
+    calls = []
+
+    def interrupt(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(collect_module, "_write_episode", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        collect_demos(CollectConfig(out=str(out), episodes=4, workers=0), progress=False)
+    assert out.read_bytes() == before
+    assert os.listdir(tmp_path) == ["demos.h5"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"episodes": 0}, "episodes"),
+        ({"noise_std": -1.0}, "noise_std"),
+        ({"valid_fraction": 1.0}, "valid_fraction"),
+        ({"env_id": "Nope-v0"}, "not a vla_gym env"),
+        ({"env_kwargs": {"colour": "red"}}, "unknown VLAPick kwargs"),
+    ],
+)
+def test_bad_collect_config(kwargs, message, tmp_path):
+    with pytest.raises((ValueError, TypeError), match=message):
+        CollectConfig(out=str(tmp_path / "x.h5"), **kwargs)
+
+
+def test_random_shift_moves_rgb_and_depth_together():
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(16, 1, 20, 20)
+    both, shift = random_shift(torch.cat([image, image * 2], dim=1), 4, generator)
+    assert both.shape == (16, 2, 20, 20) and shift.shape == (16, 2)
+    torch.testing.assert_close(both[:, 1], both[:, 0] * 2)
+    assert not torch.equal(both[:, 0], image[:, 0])
+    # The reported shift says where content went: pixel (x, y) is now at (x, y) + shift.
+    for i in range(16):
+        dx, dy = (int(v) for v in shift[i])
+        torch.testing.assert_close(both[i, 0, 8 + dy, 8 + dx], image[i, 0, 8, 8])
+
+
+def test_target_image_coordinates_follow_the_shift(demo_file):
+    """The goal's image position (a label) lands on the goal's pixels, before and after shifting."""
+    dataset = DemoDataset(demo_file, "all", in_memory=True)
+    batch = collate_batch(dataset.__getitems__(np.asarray(dataset.starts[:-1])))  # first frames
+    shifted = augment_batch(batch, AugmentConfig(brightness=0, contrast=0, saturation=0, depth_noise_std=0),
+                            torch.Generator().manual_seed(3))
+    for frames in (batch, shifted):
+        for i, (colour, _) in enumerate(dataset.targets):
+            col, row = ((frames["target_uv"][i].numpy() + 1) * 83 / 2).round().astype(int)
+            pixel = frames["rgb"][i, row, col].float().numpy() / 255
+            expected = np.array(PALETTE[colour][:3])
+            cosine = pixel @ expected / (np.linalg.norm(pixel) * np.linalg.norm(expected))
+            assert cosine > 0.95, (colour, pixel)
+
+
+def _hue(rgb: np.ndarray) -> np.ndarray:
+    """Hue in degrees of RGB (..., 3) floats in [0, 1]."""
+    import cv2
+
+    return cv2.cvtColor(rgb.astype(np.float32).reshape(1, -1, 3), cv2.COLOR_RGB2HSV)[0, :, 0]
+
+
+def test_colour_jitter_never_changes_hue():
+    # Every palette colour, under shading from dark to lit, as one 2 x N image per shade.
+    base = np.array([rgba[:3] for rgba in PALETTE.values()], dtype=np.float32)
+    shades = np.concatenate([base * s for s in (0.3, 0.6, 0.9)])
+    image = torch.from_numpy(np.repeat(shades[None], 64, 0)).permute(0, 2, 1)[..., None]  # (64, 3, N, 1)
+    jittered = colour_jitter(image, 0.15, 0.15, 0.15, torch.Generator().manual_seed(0))
+    assert not torch.allclose(jittered, image)
+    before = _hue(image.permute(0, 2, 3, 1).numpy())
+    after = _hue(jittered.permute(0, 2, 3, 1).numpy())
+    difference = np.abs((after - before + 180) % 360 - 180)
+    assert difference.max() < 0.5  # degrees; red and orange are 30 degrees apart
+
+
+def test_augment_batch_keeps_shapes_and_scales():
+    batch = {
+        "rgb": torch.randint(0, 256, (4, 84, 84, 3), dtype=torch.uint8),
+        "depth": torch.full((4, 84, 84, 1), 1.0),
+        "proprio": torch.zeros(4, 8),
+    }
+    out = augment_batch(batch, AugmentConfig(), torch.Generator().manual_seed(0))
+    assert out["rgb"].shape == (4, 84, 84, 3) and out["depth"].shape == (4, 84, 84, 1)
+    assert 0 <= float(out["rgb"].min()) and float(out["rgb"].max()) <= 255
+    assert abs(float(out["depth"].mean()) - 1.0) < 0.01 and float(out["depth"].std()) > 0
+    assert out["proprio"] is batch["proprio"]
+    with pytest.raises(ValueError, match="brightness"):
+        AugmentConfig(brightness=1.5)
+
+
+def test_paraphrase_keeps_the_goal_and_uses_train_words():
+    rng = np.random.default_rng(0)
+    train_words = words_of_split("train")
+    texts = {paraphrase_instruction(rng, "purple", "sphere") for _ in range(200)}
+    assert len(texts) > 20
+    for text in texts:
+        assert "purple" in text.split()
+        assert set(words_of(text)) <= train_words | {"purple"}

@@ -1,0 +1,170 @@
+"""The VLA actor-critic network: shapes, language robustness, SB3 compatibility, InfoNCE."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.preprocessing import preprocess_obs
+
+from vla_gym.agents.network import (
+    VOCABULARY,
+    NetworkConfig,
+    Tokenizer,
+    VLAActorCriticPolicy,
+    info_nce,
+)
+from vla_gym.envs.language import encode_instruction
+from vla_gym.envs.pick_env import make_action_space, make_observation_space
+
+SMALL = {"channels": [8, 8, 16, 16], "features_dim": 32, "net_arch": {"pi": [32], "vf": [32]}}
+
+
+def make_policy(image_size: int = 84, network: dict | None = None) -> VLAActorCriticPolicy:
+    return VLAActorCriticPolicy(
+        make_observation_space(image_size), make_action_space(), lambda _: 1e-3, network=network or SMALL
+    )
+
+
+def random_obs(batch: int, texts: list[str] | None = None, image_size: int = 84, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    texts = texts or ["pick up the red cube"] * batch
+    return {
+        "rgb": torch.from_numpy(rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)),
+        "depth": torch.from_numpy(rng.uniform(0.5, 1.5, (batch, image_size, image_size, 1)).astype(np.float32)),
+        "proprio": torch.from_numpy(rng.uniform(-0.5, 0.5, (batch, 8)).astype(np.float32)),
+        "instruction": torch.from_numpy(np.stack([encode_instruction(t) for t in texts])),
+    }
+
+
+def test_forward_backward_shapes():
+    policy = make_policy()
+    obs = random_obs(5)
+    actions = torch.rand(5, 4) * 2 - 1
+    values, log_prob, entropy = policy.evaluate_actions(obs, actions)
+    assert values.shape == (5, 1) and log_prob.shape == (5,) and entropy.shape == (5,)
+    (-log_prob.mean() + values.square().mean()).backward()
+    grads = {n: p.grad for n, p in policy.named_parameters()}
+    assert grads["log_std"] is not None and grads["log_std"].shape == (4,)
+    for name in ("features_extractor.convs.0.weight", "features_extractor.language.embed.weight", "value_net.weight"):
+        assert grads[name] is not None and torch.isfinite(grads[name]).all() and grads[name].abs().sum() > 0
+    features = policy.extract_features(obs, policy.features_extractor)
+    assert features.shape == (5, SMALL["features_dim"])
+
+
+def test_mean_is_tanh_bounded_and_log_std_learned():
+    policy = make_policy()
+    with torch.no_grad():
+        policy.action_net[0].bias.fill_(50.0)  # a huge pre-activation still gives a mean inside [-1, 1]
+    mean = policy.get_distribution(random_obs(3)).distribution.mean
+    assert torch.all(mean <= 1.0) and torch.all(mean >= -1.0)
+    assert policy.log_std.requires_grad
+    torch.testing.assert_close(policy.log_std.detach(), torch.full((4,), NetworkConfig().log_std_init))
+
+
+def test_channel_first_observations_give_the_same_features():
+    """SB3's VecTransposeImage hands the policy (C, H, W) images; the features must not change."""
+    hwc = make_policy()
+    space = make_observation_space(84)
+    from gymnasium import spaces
+
+    chw_space = spaces.Dict(
+        {**space.spaces, "rgb": spaces.Box(0, 255, (3, 84, 84), np.uint8)}
+    )
+    chw = VLAActorCriticPolicy(chw_space, make_action_space(), lambda _: 1e-3, network=SMALL)
+    chw.load_state_dict(hwc.state_dict())
+    obs = random_obs(2)
+    obs_chw = {**obs, "rgb": obs["rgb"].permute(0, 3, 1, 2)}
+    with torch.no_grad():
+        a = hwc.extract_features(obs, hwc.features_extractor)
+        b = chw.extract_features(obs_chw, chw.features_extractor)
+    torch.testing.assert_close(a, b)
+
+
+def _language(policy, texts):
+    extractor = policy.features_extractor
+    instruction = random_obs(len(texts), texts)["instruction"].float()
+    with torch.no_grad():
+        return extractor.language(extractor.tokenizer(instruction))
+
+
+def test_unknown_words_change_nothing_and_colours_steer():
+    policy = make_policy()
+    torch.nn.init.normal_(policy.features_extractor.language.score.weight)  # non-uniform attention
+    base, noisy, shouting, other = _language(
+        policy,
+        ["pick up the red cube", "kindly pick up the red cube, thanks!", "PICK UP THE RED CUBE", "pick up the blue cube"],
+    )
+    torch.testing.assert_close(base, noisy)
+    torch.testing.assert_close(base, shouting)
+    assert not torch.allclose(base, other)
+    nothing_known = _language(policy, ["xyzzy plugh"])[0]
+    assert torch.isfinite(nothing_known).all()
+
+
+def test_tokenizer_maps_unknown_words_to_one_id():
+    tokenizer = Tokenizer()
+    ids = tokenizer.encode_text("Elevate the RED orb, now!")
+    words = [VOCABULARY[i] for i in ids if i > 0]
+    assert words == ["<unk>", "the", "red", "<unk>", "<unk>"]
+
+
+def test_sb3_preprocessing_path_matches_predict():
+    """BC feeds raw env-format tensors through evaluate_actions; predict() must see the same."""
+    policy = make_policy()
+    policy.set_training_mode(False)
+    obs = random_obs(1)
+    numpy_obs = {k: v[0].numpy() for k, v in obs.items()}
+    action, _ = policy.predict(numpy_obs, deterministic=True)
+    with torch.no_grad():
+        mean = policy.get_distribution(obs).distribution.mean[0].numpy()
+    np.testing.assert_allclose(action, mean, rtol=1e-5, atol=1e-6)
+    processed = preprocess_obs(obs, policy.observation_space)
+    assert float(processed["rgb"].max()) <= 1.0
+
+
+def test_ppo_drives_the_policy_unchanged(make_env):
+    from stable_baselines3 import PPO
+
+    env = make_env("VLAPickDense-v0")
+    model = PPO(
+        VLAActorCriticPolicy, env, n_steps=16, batch_size=8, n_epochs=1, policy_kwargs={"network": SMALL},
+        device="cpu", seed=0,
+    )
+    model.learn(16)
+    assert isinstance(model.policy, VLAActorCriticPolicy)
+    action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
+    assert action.shape == (4,)
+
+
+def test_info_nce_hand_checked():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    # cos(x0,y0)=1, cos(x0,y1)=1/sqrt2, cos(x1,y0)=0, cos(x1,y1)=1/sqrt2; logits = cos / 0.5.
+    c = 1 / math.sqrt(2)
+    row0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(2 * c)))
+    row1 = -math.log(math.exp(2 * c) / (math.exp(0) + math.exp(2 * c)))
+    col0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(0)))
+    col1 = -math.log(math.exp(2 * c) / (math.exp(2 * c) + math.exp(2 * c)))
+    expected = 0.5 * ((row0 + row1) / 2 + (col0 + col1) / 2)
+    assert float(info_nce(x, y, temperature=0.5)) == pytest.approx(expected, rel=1e-6)
+    # Pairs marked as positives are not negatives: with all off-diagonal masked, the loss is 0.
+    assert float(info_nce(x, y, 0.5, positives=torch.ones(2, 2, dtype=torch.bool))) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        info_nce(x, y, temperature=0.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"channels": [8, 8]}, "channels"),
+        ({"film_layers": 9}, "film_layers"),
+        ({"net_arch": {"pi": [8]}}, "net_arch"),
+        ({"word_dim": 0}, "word_dim"),
+    ],
+)
+def test_bad_network_config(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        NetworkConfig(**kwargs)

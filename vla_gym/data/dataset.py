@@ -1,0 +1,315 @@
+"""Demonstration datasets: one self-describing HDF5 file in the robomimic layout.
+
+Layout (``T`` = steps of an episode, ``S`` = image side)::
+
+    data/                          attrs: env_args (JSON: env_name, env_kwargs, env_config),
+                                          format_version, total (frames), collector (JSON)
+    data/demo_<i>/obs/rgb          uint8   (T, S, S, 3)   chunked, compressed
+    data/demo_<i>/obs/depth        float32 (T, S, S, 1)   metres, chunked, compressed
+    data/demo_<i>/obs/proprio      float32 (T, 8)
+    data/demo_<i>/obs/instruction  uint8   (T, 128)       UTF-8, zero padded
+    data/demo_<i>/states/target_positions
+                                   float32 (T, 3)         privileged: the goal object's centre (m)
+    data/demo_<i>/actions          float32 (T, 4)         the expert's noise-free action (the label)
+    data/demo_<i>/executed_actions float32 (T, 4)         what was sent to the env (label + noise)
+    data/demo_<i>/rewards          float32 (T,)
+    data/demo_<i>/dones            uint8   (T,)           1 on the step that ended the episode
+                                   attrs: num_samples, instruction, target_colour, target_shape,
+                                          seed, success
+    mask/train, mask/valid         bytes   episode names, split by episode (never by frame)
+
+``obs[t]`` is the observation the action ``actions[t]`` was chosen from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vla_gym.envs.language import decode_instruction, encode_instruction, sample_instruction
+from vla_gym.data.format import (
+    EPISODE_KEYS,
+    FORMAT_VERSION,
+    OBS_KEYS,
+    STATE_KEYS,
+    DatasetError,
+    env_config_dict,
+)
+from vla_gym.envs.pick_env import AGENT_CAMERA
+
+SPLITS = ("train", "valid", "all")
+
+
+def _demo_sort_key(name: str) -> int:
+    return int(name.split("_", 1)[1])
+
+
+def open_demo_file(path: str | os.PathLike) -> h5py.File:
+    """Open a demo file read-only and check its structure; raise :class:`DatasetError` if broken."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"demo file {str(path)!r} does not exist (make one with `vla-gym collect`)")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise DatasetError(f"demo file {str(path)!r} is not a readable HDF5 file (corrupt or truncated?): {err}")
+    try:
+        _check_structure(handle, str(path))
+    except DatasetError:
+        handle.close()
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        handle.close()
+        raise DatasetError(f"demo file {str(path)!r} is corrupt: {err}") from err
+    return handle
+
+
+def _check_structure(handle: h5py.File, path: str) -> None:
+    if "data" not in handle or "mask" not in handle:
+        raise DatasetError(f"demo file {path!r} lacks the 'data' and 'mask' groups of a vla_gym demo file")
+    data = handle["data"]
+    version = data.attrs.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DatasetError(f"demo file {path!r} has format_version {version!r}; this vla_gym reads {FORMAT_VERSION}")
+    if "env_args" not in data.attrs:
+        raise DatasetError(f"demo file {path!r} has no env_args attribute: the env cannot be rebuilt")
+    json.loads(data.attrs["env_args"])
+    names = [n for n in data if n.startswith("demo_")]
+    if not names:
+        raise DatasetError(f"demo file {path!r} holds no episodes")
+    for split in ("train", "valid"):
+        if split not in handle["mask"]:
+            raise DatasetError(f"demo file {path!r} lacks mask/{split}")
+        missing = sorted(set(_mask(handle, split)) - set(names))
+        if missing:
+            raise DatasetError(f"demo file {path!r}: mask/{split} names episodes that are not there: {missing[:5]}")
+    for name in names:
+        demo = data[name]
+        length = int(demo.attrs.get("num_samples", -1))
+        for key in [f"obs/{k}" for k in OBS_KEYS] + [f"states/{k}" for k in STATE_KEYS] + list(EPISODE_KEYS):
+            if key not in demo:
+                raise DatasetError(f"demo file {path!r}: data/{name}/{key} is missing")
+            if demo[key].shape[0] != length:
+                raise DatasetError(
+                    f"demo file {path!r}: data/{name}/{key} has {demo[key].shape[0]} steps, "
+                    f"num_samples says {length}"
+                )
+
+
+def _mask(handle: h5py.File, split: str) -> list[str]:
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in handle["mask"][split][()]]
+
+
+def read_env_args(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``env_args`` of a demo file: ``{"env_name", "env_kwargs", "env_config"}``."""
+    with open_demo_file(path) as handle:
+        return json.loads(handle["data"].attrs["env_args"])
+
+
+def check_env_matches(path: str | os.PathLike, env_id: str | None, env_kwargs: dict[str, Any] | None) -> dict:
+    """Raise :class:`DatasetError` if the file's env differs from ``env_id`` with ``env_kwargs``.
+
+    ``env_id=None`` accepts the file's env. Returns the file's env_args.
+    """
+    stored = read_env_args(path)
+    if env_id is None:
+        return stored
+    if env_id != stored["env_name"]:
+        raise DatasetError(f"demo file {str(path)!r} was collected on {stored['env_name']!r}, not {env_id!r}")
+    wanted = env_config_dict(env_id, env_kwargs)
+    differ = {k: (stored["env_config"].get(k), wanted[k]) for k in wanted if stored["env_config"].get(k) != wanted[k]}
+    if differ:
+        detail = ", ".join(f"{k}: file {a!r} vs requested {b!r}" for k, (a, b) in sorted(differ.items()))
+        raise DatasetError(f"demo file {str(path)!r} was collected with other env kwargs ({detail})")
+    return stored
+
+
+class DemoDataset(Dataset):
+    """Frames of a demo file as a :class:`torch.utils.data.Dataset`.
+
+    Item ``i`` is a dict of numpy arrays in the env's observation format plus the label:
+    ``rgb`` uint8 (S, S, 3), ``depth`` float32 (S, S, 1), ``proprio`` float32 (8,),
+    ``instruction`` uint8 (128,), ``action`` float32 (4,); and privileged extras for losses:
+    ``return`` float32 (discounted return from this step), ``target_offset`` float32 (3,)
+    (goal object centre minus end-effector position, m), ``target_uv`` float32 (2,) (where
+    the goal's centre is in the image, x and y in [-1, 1]).
+
+    Lazy by default: the HDF5 file is opened on first access in each process (so it works
+    with DataLoader workers) and each frame is read when asked for. ``in_memory=True``
+    reads the split once into RAM (fastest for small datasets on few cores).
+
+    Args:
+        path: demo file from ``vla-gym collect``.
+        split: "train", "valid" (the file's masks) or "all".
+        only_successful: skip episodes whose ``success`` attribute is false.
+        paraphrase_prob: probability that an item's instruction is replaced by a fresh
+            train-split phrasing of the same target (see :func:`paraphrase_instruction`).
+        seed: seeds the paraphrasing (each DataLoader worker adds its worker seed).
+        gamma: discount of the ``return`` item (the discounted sum of rewards from that
+            step on: a value target for the critic).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        split: str = "train",
+        only_successful: bool = True,
+        in_memory: bool = False,
+        paraphrase_prob: float = 0.0,
+        seed: int = 0,
+        gamma: float = 0.99,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r} is not available; choose one of {SPLITS}")
+        if not 0.0 <= paraphrase_prob <= 1.0:
+            raise ValueError(f"paraphrase_prob must lie in [0, 1], got {paraphrase_prob}")
+        self.path = str(path)
+        self.paraphrase_prob = paraphrase_prob
+        self.seed = seed
+        with open_demo_file(path) as handle:
+            data = handle["data"]
+            self.env_args = json.loads(data.attrs["env_args"])
+            names = sorted((n for n in data if n.startswith("demo_")), key=_demo_sort_key)
+            if split != "all":
+                names = sorted(_mask(handle, split), key=_demo_sort_key)
+            if only_successful:
+                names = [n for n in names if bool(data[n].attrs["success"])]
+            self.episodes = names
+            self.lengths = np.array([int(data[n].attrs["num_samples"]) for n in names], dtype=np.int64)
+            self.targets = [(str(data[n].attrs["target_colour"]), str(data[n].attrs["target_shape"])) for n in names]
+            self.returns = np.concatenate(
+                [discounted_returns(data[n]["rewards"][()], gamma) for n in names] or [np.zeros(0, np.float32)]
+            )
+            self.image_size = int(self.env_args["env_config"]["image_size"])
+            self._memory = _read_all(data, names) if in_memory else None
+            if self._memory is not None:
+                targets = self._memory["target_offset"] + self._memory["proprio"][:, :3]
+                self._memory["target_uv"] = image_coordinates(targets, self.image_size)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)])
+        self._handle: h5py.File | None = None
+        self._handle_pid: int | None = None
+        self._rng: np.random.Generator | None = None
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(episode number in this split, step within it) of frame ``index``."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"frame {index} out of range for a dataset of {len(self)} frames")
+        episode = int(np.searchsorted(self.starts, index, side="right") - 1)
+        return episode, int(index - self.starts[episode])
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        episode, step = self.locate(int(index))
+        if self._memory is not None:
+            item = {k: v[self.starts[episode] + step] for k, v in self._memory.items()}
+        else:
+            demo = self._file()["data"][self.episodes[episode]]
+            item = {k: demo["obs"][k][step] for k in OBS_KEYS}
+            item["action"] = demo["actions"][step]
+            target = demo["states/target_positions"][step]
+            item["target_offset"] = target - item["proprio"][:3]
+            item["target_uv"] = self._to_uv(target)
+        item = {k: np.array(v) for k, v in item.items()}
+        item["return"] = np.float32(self.returns[index])
+        if self.paraphrase_prob > 0 and self._generator().random() < self.paraphrase_prob:
+            colour, shape = self.targets[episode]
+            item["instruction"] = encode_instruction(paraphrase_instruction(self._generator(), colour, shape))
+        return item
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        """A whole batch at once, stacked: each key gets a leading batch dimension.
+
+        In memory this is one fancy-indexing read per key; the DataLoader calls it when
+        given a batch sampler (use :func:`collate_batch` as its ``collate_fn``).
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        if self._memory is None or self.paraphrase_prob > 0:
+            items = [self[int(i)] for i in indices]
+            return {k: np.stack([item[k] for item in items]) for k in items[0]}
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"frame indices out of range for a dataset of {len(self)} frames")
+        batch = {k: v[indices] for k, v in self._memory.items()}
+        batch["return"] = self.returns[indices]
+        return batch
+
+    def instruction_of(self, episode: int) -> str:
+        """The stored instruction text of an episode of this split."""
+        if self._memory is not None:
+            return decode_instruction(self._memory["instruction"][self.starts[episode]])
+        return str(self._file()["data"][self.episodes[episode]].attrs["instruction"])
+
+    def _to_uv(self, point: np.ndarray) -> np.ndarray:
+        return image_coordinates(point, self.image_size)
+
+    def _file(self) -> h5py.File:
+        if self._handle is None or self._handle_pid != os.getpid():
+            self._handle = h5py.File(self.path, "r")  # one handle per process (DataLoader workers fork)
+            self._handle_pid = os.getpid()
+        return self._handle
+
+    def _generator(self) -> np.random.Generator:
+        if self._rng is None:
+            info = torch.utils.data.get_worker_info()
+            self._rng = np.random.default_rng([self.seed, 0 if info is None else info.seed % 2**32])
+        return self._rng
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_handle"], state["_handle_pid"], state["_rng"] = None, None, None
+        return state
+
+
+def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """``G_t = r_t + gamma * G_{t+1}`` over one episode, float32 (T,)."""
+    out = np.zeros(len(rewards), dtype=np.float32)
+    running = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        running = float(rewards[t]) + gamma * running
+        out[t] = running
+    return out
+
+
+def collate_batch(batch: dict[str, np.ndarray] | list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """DataLoader ``collate_fn``: a stacked batch (from ``__getitems__``) or a list of items to tensors."""
+    if isinstance(batch, list):
+        batch = {k: np.stack([item[k] for item in batch]) for k in batch[0]}
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+
+
+def _read_all(data: h5py.Group, names: Sequence[str]) -> dict[str, np.ndarray]:
+    out: dict[str, list[np.ndarray]] = {k: [] for k in (*OBS_KEYS, "action", "target_offset")}
+    for name in names:
+        for key in OBS_KEYS:
+            out[key].append(data[name]["obs"][key][()])
+        out["action"].append(data[name]["actions"][()])
+        out["target_offset"].append(data[name]["states/target_positions"][()] - out["proprio"][-1][:, :3])
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def image_coordinates(points: np.ndarray, image_size: int) -> np.ndarray:
+    """Where world points (..., 3) appear in the agent camera's image, float32 (..., 2):
+    x (column) and y (row) scaled to [-1, 1] over the pixel centres, as the network's grid."""
+    pixels = AGENT_CAMERA.project(points, image_size, image_size)
+    return (pixels * 2 / (image_size - 1) - 1).astype(np.float32)
+
+
+#: Probability that paraphrasing also drops each word other than the colour word,
+#: so the policy learns that the colour (and shape) words carry the goal.
+WORD_DROP_PROB = 0.15
+
+
+def paraphrase_instruction(rng: np.random.Generator, colour: str, shape: str) -> str:
+    """A fresh train-split phrasing naming the ``colour`` ``shape``, with some words dropped."""
+    words = sample_instruction(rng, colour, shape, "train").split()
+    kept = [w for w in words if w == colour or rng.random() >= WORD_DROP_PROB]
+    return " ".join(kept)

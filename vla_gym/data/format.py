@@ -1,0 +1,45 @@
+"""The demo file's format: names, version, env description (light: no torch, so that
+collection workers start fast)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from vla_gym.envs.pick_env import VLAPickConfig
+from vla_gym.envs.registration import ENV_IDS
+
+FORMAT_VERSION = 1
+OBS_KEYS = ("rgb", "depth", "proprio", "instruction")
+#: Privileged simulator state per step (not observations; for auxiliary losses and analysis).
+STATE_KEYS = ("target_positions",)
+EPISODE_KEYS = ("actions", "rewards", "dones")
+EPISODE_ATTRS = ("num_samples", "instruction", "target_colour", "target_shape", "seed", "success")
+
+
+class DatasetError(ValueError):
+    """A demonstration file that is missing, corrupt, or made for another env."""
+
+
+def env_config_dict(env_id: str, env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full, JSON-normalised env config that ``gym.make(env_id, **env_kwargs)`` builds."""
+    if env_id not in ENV_IDS:
+        raise DatasetError(f"env id {env_id!r} is not a vla_gym env; choose one of {sorted(ENV_IDS)}")
+    kwargs = {**ENV_IDS[env_id], **(env_kwargs or {})}
+    kwargs.pop("render_mode", None)
+    config = dataclasses.asdict(VLAPickConfig.from_kwargs(**kwargs))
+    return json.loads(json.dumps(config))
+
+
+def env_args(env_id: str, env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``env_args`` attribute: how to rebuild the env the demos came from."""
+    return {
+        "env_name": env_id,
+        "env_kwargs": dict(env_kwargs or {}),
+        "env_config": env_config_dict(env_id, env_kwargs),
+    }
+
+
+def demo_name(index: int) -> str:
+    return f"demo_{index}"
