@@ -93,12 +93,19 @@ def _language(policy, texts):
 def test_unknown_words_change_nothing_and_colours_steer():
     policy = make_policy()
     torch.nn.init.normal_(policy.features_extractor.language.score.weight)  # non-uniform attention
-    base, noisy, shouting, other = _language(
+    base, noisy, shouting, repeated, other = _language(
         policy,
-        ["pick up the red cube", "kindly pick up the red cube, thanks!", "PICK UP THE RED CUBE", "pick up the blue cube"],
+        [
+            "pick up the red cube",
+            "kindly pick up the red cube, thanks!",
+            "PICK UP THE RED CUBE",
+            "pick up the red cube from the table, the red cube",
+            "pick up the blue cube",
+        ],
     )
     torch.testing.assert_close(base, noisy)
     torch.testing.assert_close(base, shouting)
+    torch.testing.assert_close(base, repeated)  # a repeated known word counts once
     assert not torch.allclose(base, other)
     nothing_known = _language(policy, ["xyzzy plugh"])[0]
     assert torch.isfinite(nothing_known).all()

@@ -15,7 +15,8 @@ Built on stable-baselines3's seams so that BC pretrains exactly the network PPO 
 The language encoder tokenises the instruction's UTF-8 bytes into lower-case words.
 Words outside :data:`VOCABULARY` (the train-split templates, verbs and nouns plus every
 colour and shape name) map to ``<unk>`` and are masked out of the attention pooling, so an
-unknown word changes nothing, and the colour and shape words keep steering the policy.
+unknown word changes nothing, and the colour and shape words keep steering the policy. A
+known word that repeats is counted once, so repeated filler words cannot outweigh the colour.
 """
 
 from __future__ import annotations
@@ -62,7 +63,18 @@ class Tokenizer:
         self._cache: dict[bytes, np.ndarray] = {}
 
     def encode_text(self, text: str) -> np.ndarray:
-        ids = [self.index.get(w, 1) for w in words_of(text)][: self.max_words]
+        """Word ids in order of first appearance; a known word that repeats counts once.
+
+        The pooling is an attention-weighted mean, so a repeated filler word ("the red one
+        off the table") would otherwise take a double share of the weight from the colour.
+        """
+        ids, seen = [], set()
+        for word in words_of(text):
+            if word in self.index and word in seen:
+                continue
+            seen.add(word)
+            ids.append(self.index.get(word, 1))
+        ids = ids[: self.max_words]
         out = np.zeros(self.max_words, dtype=np.int64)
         out[: len(ids)] = ids
         return out
