@@ -171,13 +171,18 @@ class FiLM(nn.Module):
         return x * (1 + gamma) + beta
 
 
+def coordinate_grid(height: int, width: int) -> torch.Tensor:
+    """(2, H, W): each pixel's x (column) and y (row) coordinate, from -1 to 1 across the image."""
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    return torch.stack([xs, ys])
+
+
 class SpatialSoftmax(nn.Module):
     """Expected (x, y) image coordinate in [-1, 1] of each channel's softmax: (B, C, H, W) -> (B, 2C)."""
 
     def __init__(self, height: int, width: int) -> None:
         super().__init__()
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
-        self.register_buffer("grid", torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1), persistent=False)
+        self.register_buffer("grid", coordinate_grid(height, width).reshape(2, -1).T.contiguous(), persistent=False)
         self.log_temperature = nn.Parameter(torch.zeros(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -262,10 +267,10 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
             raise ValueError(f"the VLA network needs observation keys rgb, depth, proprio, instruction; {missing} missing")
         self.rgb_channels_first = _layout(observation_space["rgb"], 3)
         self.depth_channels_first = _layout(observation_space["depth"], 1)
-        size = observation_space["rgb"].shape[1 if self.rgb_channels_first else 0]
+        image_size = size = observation_space["rgb"].shape[1 if self.rgb_channels_first else 0]
         self.tokenizer = Tokenizer()
         self.language = LanguageEncoder(len(VOCABULARY), config.word_dim, config.language_dim)
-        convs, norms, films, in_ch, sizes = [], [], [], 4 + 2, []  # rgb, depth, 2 coordinate channels
+        convs, norms, films, in_ch = [], [], [], 4 + 2  # rgb, depth, 2 coordinate channels
         for i, (out_ch, k, s) in enumerate(zip(config.channels, CONV_KERNELS, CONV_STRIDES)):
             convs.append(nn.Conv2d(in_ch, out_ch, k, s, padding=k // 2))
             # GroupNorm keeps every layer's activations alive: the scenes differ only in a few
@@ -274,7 +279,6 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
             films.append(FiLM(config.language_dim, out_ch) if i >= len(CONV_STRIDES) - config.film_layers else None)
             in_ch = out_ch
             size = (size + 2 * (k // 2) - k) // s + 1
-            sizes.append(size)
         self.convs = nn.ModuleList(convs)
         self.norms = nn.ModuleList(norms)
         self.films = nn.ModuleList([f if f is not None else nn.Identity() for f in films])
@@ -283,9 +287,7 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         self.attention = LanguageQueryAttention(3, config.language_dim, config.attention_heads, config.attention_key_dim)
         self.where = nn.Sequential(nn.Linear(2 * config.attention_heads, config.proprio_dim), nn.ReLU())
         self.glimpse = nn.Sequential(nn.Flatten(), nn.Linear(in_ch * size * size, 128), nn.ReLU())
-        coords = torch.linspace(-1, 1, observation_space["rgb"].shape[1 if self.rgb_channels_first else 0])
-        ys, xs = torch.meshgrid(coords, coords, indexing="ij")
-        self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
+        self.register_buffer("coords", coordinate_grid(image_size, image_size)[None], persistent=False)
         self.register_buffer("attention_coords", F.avg_pool2d(self.coords, ATTENTION_POOL), persistent=False)
         proprio_dim = observation_space["proprio"].shape[0]
         low = torch.as_tensor(observation_space["proprio"].low, dtype=torch.float32)

@@ -234,8 +234,7 @@ class DemoDataset(Dataset):
         """
         indices = np.asarray(indices, dtype=np.int64)
         if self._memory is None or self.paraphrase_prob > 0:
-            items = [self[int(i)] for i in indices]
-            return {k: np.stack([item[k] for item in items]) for k in items[0]}
+            return _stack([self[int(i)] for i in indices])
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"frame indices out of range for a dataset of {len(self)} frames")
         batch = {k: v[indices] for k, v in self._memory.items()}
@@ -279,10 +278,14 @@ def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
     return out
 
 
+def _stack(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.stack([item[k] for item in items]) for k in items[0]}
+
+
 def collate_batch(batch: dict[str, np.ndarray] | list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     """DataLoader ``collate_fn``: a stacked batch (from ``__getitems__``) or a list of items to tensors."""
     if isinstance(batch, list):
-        batch = {k: np.stack([item[k] for item in batch]) for k in batch[0]}
+        batch = _stack(batch)
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
 
 
