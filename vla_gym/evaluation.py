@@ -24,7 +24,8 @@ import gymnasium as gym
 import numpy as np
 
 from vla_gym.envs.scene import COLOURS
-from vla_gym.visualize import FILE_MODE, put_text_band
+from vla_gym.fileio import FILE_MODE, atomic_write_text
+from vla_gym.visualize import put_text_band
 
 Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
 
@@ -140,7 +141,7 @@ class EvalResult:
         """
         payload = {"metadata": dict(metadata or {}), **self.to_dict()}
         text = json.dumps(payload, indent=JSON_INDENT, default=_json_default) + "\n"
-        return _atomic_write_text(Path(path), text)
+        return atomic_write_text(Path(path), text)
 
 
 def _json_default(value: Any) -> Any:
@@ -154,20 +155,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted(value)
     raise TypeError(f"metadata value {value!r} of type {type(value).__name__} is not JSON-serialisable")
-
-
-def _atomic_write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    return path
 
 
 def _remove_quietly(path: str | os.PathLike) -> None:

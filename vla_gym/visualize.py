@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from vla_gym.fileio import atomic_write_bytes
+
 DEPTH_COLORMAP = cv2.COLORMAP_VIRIDIS
 TEXT_BAND_HEIGHT = 22  # px
 TEXT_SCALE = 0.45
 TEXT_COLOUR = (255, 255, 255)  # RGB
-FILE_MODE = 0o644  # mkstemp creates 0o600; saved pictures are for everyone to read
 
 
 def depth_to_rgb(depth: np.ndarray, near: float | None = None, far: float | None = None) -> np.ndarray:
@@ -45,13 +45,8 @@ def observation_panel(obs: dict[str, np.ndarray], scale: int = 4, text: str | No
 def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     """Write uint8 RGB (H, W, 3) as PNG via a temporary name and an atomic rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
         raise RuntimeError(f"OpenCV could not encode an image of shape {rgb.shape} as PNG")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(buf.tobytes())
-    os.chmod(tmp, FILE_MODE)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.tobytes())
     return path

@@ -45,6 +45,7 @@ from vla_gym.agents.checkpoint import (
 )
 from vla_gym.agents.network import TARGET_OFFSET_SCALE, NetworkConfig, VLAActorCriticPolicy, info_nce
 from vla_gym.data.augment import AugmentConfig, augment_batch
+from vla_gym.fileio import atomic_write_text
 from vla_gym.data.dataset import DemoDataset, check_env_matches, collate_batch
 
 OBS_KEYS = ("rgb", "depth", "proprio", "instruction")
@@ -326,7 +327,7 @@ def train_bc(config: BCConfig) -> BCResult:
         step, epoch, batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
         history, best = meta["history"], meta["best"]
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", config.to_dict())
+    atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
     def meta(**extra: Any) -> dict[str, Any]:
         return {
@@ -437,12 +438,6 @@ def _load_training_state(path: Path, config: BCConfig, device: torch.device) -> 
     if differ:
         raise CheckpointError(f"cannot resume {str(path)!r} with another config: " + "; ".join(differ))
     return state
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:

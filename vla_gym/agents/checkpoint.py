@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 
 from vla_gym.agents.network import NetworkConfig, VLAActorCriticPolicy
 from vla_gym.envs.pick_env import make_action_space, make_observation_space
+from vla_gym.fileio import atomic_path
 
 CHECKPOINT_FORMAT = "vla_gym.policy"
 CHECKPOINT_VERSION = 1
@@ -65,7 +65,6 @@ def save_checkpoint(path: str | os.PathLike, policy: torch.nn.Module, meta: dict
     """Write ``policy``'s weights, ``meta`` (JSON-able) and extra ``state`` (tensors, numbers,
     optimizer state dicts) atomically to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -73,15 +72,8 @@ def save_checkpoint(path: str | os.PathLike, policy: torch.nn.Module, meta: dict
         "policy": policy.state_dict(),
         **state,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

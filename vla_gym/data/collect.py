@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
-import os
-import tempfile
 import time
 import zlib
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ import numpy as np
 
 import vla_gym
 from vla_gym.data.format import FORMAT_VERSION, OBS_KEYS, STATE_KEYS, demo_name, env_args
+from vla_gym.fileio import atomic_path
 
 #: Second entry of the expert-noise seed ``[episode_seed, NOISE_STREAM]``, so the noise
 #: stream differs from the env's own stream seeded by ``episode_seed``.
@@ -213,40 +212,31 @@ def collect_demos(config: CollectConfig, progress: bool = True) -> CollectResult
     from tqdm.auto import tqdm
 
     out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     extra = 0 if config.keep_failures else max(MIN_EXTRA_ATTEMPTS, math.ceil(MAX_EXTRA_ATTEMPT_FRACTION * config.episodes))
     seeds = list(range(config.seed, config.seed + config.episodes + extra))
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
     start = time.perf_counter()
     kept = attempts = frames = 0
-    try:
-        with h5py.File(tmp, "w") as handle:
-            data = handle.create_group("data")
-            bar = tqdm(total=config.episodes, unit="ep", desc="collect", disable=not progress)
-            for episode in _episode_results(config, seeds):
-                attempts += 1
-                if episode["attrs"]["success"] or config.keep_failures:
-                    _write_episode(data, kept, episode)
-                    kept += 1
-                    frames += episode["attrs"]["num_samples"]
-                    bar.update(1)
-                    bar.set_postfix(steps_per_s=f"{frames / (time.perf_counter() - start):.0f}", refresh=False)
-                if kept == config.episodes:
-                    break
-            bar.close()
-            if kept < config.episodes:
-                raise RuntimeError(
-                    f"the expert succeeded in only {kept} of {attempts} episodes; "
-                    f"{config.episodes} were asked for (use keep_failures to keep failed ones)"
-                )
-            seconds = time.perf_counter() - start
-            _write_metadata(handle, config, kept, frames, attempts)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as handle:
+        data = handle.create_group("data")
+        bar = tqdm(total=config.episodes, unit="ep", desc="collect", disable=not progress)
+        for episode in _episode_results(config, seeds):
+            attempts += 1
+            if episode["attrs"]["success"] or config.keep_failures:
+                _write_episode(data, kept, episode)
+                kept += 1
+                frames += episode["attrs"]["num_samples"]
+                bar.update(1)
+                bar.set_postfix(steps_per_s=f"{frames / (time.perf_counter() - start):.0f}", refresh=False)
+            if kept == config.episodes:
+                break
+        bar.close()
+        if kept < config.episodes:
+            raise RuntimeError(
+                f"the expert succeeded in only {kept} of {attempts} episodes; "
+                f"{config.episodes} were asked for (use keep_failures to keep failed ones)"
+            )
+        seconds = time.perf_counter() - start
+        _write_metadata(handle, config, kept, frames, attempts)
     return CollectResult(str(out), kept, frames, attempts, attempts - kept, seconds)
 
 

@@ -8,7 +8,6 @@ points at the collision mesh shipped beside it (~3.4k triangles in all); nothing
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pybullet as p
 import pybullet_data
 
 from vla_gym.envs.pybullet_sim import PyBulletSim
+from vla_gym.fileio import atomic_write_text
 
 ROBOT_MESHES = ("lowpoly", "full")
 
@@ -55,11 +55,7 @@ def lowpoly_urdf_path() -> str:
     digest = hashlib.sha1(text.encode()).hexdigest()[:12]
     path = Path(tempfile.gettempdir()) / f"vla_gym_panda_lowpoly_{digest}.urdf"
     if not path.exists():
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".urdf.tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # other users' processes may read the shared file too
-        os.replace(tmp, path)
+        atomic_write_text(path, text)  # readable by all: other users' processes may share it
     return str(path)
 
 
