@@ -301,7 +301,7 @@ def train_bc(config: BCConfig) -> BCResult:
     if len(train_set) == 0:
         raise ValueError(f"demo file {config.data!r} has no successful training episodes")
     policy = build_policy(env_args, config.network, device)
-    policy.features_extractor.set_proprio_statistics(*_proprio_statistics(train_set))
+    policy.features_extractor.set_proprio_statistics(*train_set.proprio_statistics())
     optimizer = torch.optim.AdamW(_param_groups(policy, config.weight_decay), lr=config.lr)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -329,10 +329,10 @@ def train_bc(config: BCConfig) -> BCResult:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
-    def meta(**extra: Any) -> dict[str, Any]:
+    def meta() -> dict[str, Any]:
         return {
             "env": env_args, "network": config.network, "bc": config.to_dict(), "step": step, "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch, "history": history, "best": best, **extra,
+            "batch_in_epoch": batch_in_epoch, "history": history, "best": best,
         }
 
     def save_last() -> None:
@@ -419,15 +419,6 @@ def _better(record: dict[str, Any], best: dict[str, Any]) -> bool:
     if new is None and old is not None:
         return False
     return record.get("valid_loss", math.inf) < best.get("valid_loss", math.inf)
-
-
-def _proprio_statistics(dataset: DemoDataset) -> tuple[np.ndarray, np.ndarray]:
-    if dataset._memory is not None:
-        proprio = dataset._memory["proprio"]
-    else:
-        step = max(len(dataset) // 5000, 1)
-        proprio = np.stack([dataset[i]["proprio"] for i in range(0, len(dataset), step)])
-    return proprio.mean(axis=0), proprio.std(axis=0)
 
 
 def _load_training_state(path: Path, config: BCConfig, device: torch.device) -> dict[str, Any]:

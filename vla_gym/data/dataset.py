@@ -191,7 +191,8 @@ class DemoDataset(Dataset):
             self.image_size = int(self.env_args["env_config"]["image_size"])
             self._memory = _read_all(data, names) if in_memory else None
             if self._memory is not None:
-                targets = self._memory["target_offset"] + self._memory["proprio"][:, :3]
+                targets = self._memory.pop("target_positions")
+                self._memory["target_offset"] = targets - self._memory["proprio"][:, :3]
                 self._memory["target_uv"] = image_coordinates(targets, self.image_size)
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)])
         self._handle: h5py.File | None = None
@@ -218,7 +219,7 @@ class DemoDataset(Dataset):
             item["action"] = demo["actions"][step]
             target = demo["states/target_positions"][step]
             item["target_offset"] = target - item["proprio"][:3]
-            item["target_uv"] = self._to_uv(target)
+            item["target_uv"] = image_coordinates(target, self.image_size)
         item = {k: np.array(v) for k, v in item.items()}
         item["return"] = np.float32(self.returns[index])
         if self.paraphrase_prob > 0 and self._generator().random() < self.paraphrase_prob:
@@ -241,14 +242,20 @@ class DemoDataset(Dataset):
         batch["return"] = self.returns[indices]
         return batch
 
+    def proprio_statistics(self, max_frames: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+        """Per-dimension mean and std of ``proprio`` (8,), over at most ``max_frames`` frames."""
+        if self._memory is not None:
+            proprio = self._memory["proprio"]
+        else:
+            step = max(len(self) // max_frames, 1)
+            proprio = np.stack([self[i]["proprio"] for i in range(0, len(self), step)])
+        return proprio.mean(axis=0), proprio.std(axis=0)
+
     def instruction_of(self, episode: int) -> str:
         """The stored instruction text of an episode of this split."""
         if self._memory is not None:
             return decode_instruction(self._memory["instruction"][self.starts[episode]])
         return str(self._file()["data"][self.episodes[episode]].attrs["instruction"])
-
-    def _to_uv(self, point: np.ndarray) -> np.ndarray:
-        return image_coordinates(point, self.image_size)
 
     def _file(self) -> h5py.File:
         if self._handle is None or self._handle_pid != os.getpid():
@@ -290,12 +297,12 @@ def collate_batch(batch: dict[str, np.ndarray] | list[dict[str, np.ndarray]]) ->
 
 
 def _read_all(data: h5py.Group, names: Sequence[str]) -> dict[str, np.ndarray]:
-    out: dict[str, list[np.ndarray]] = {k: [] for k in (*OBS_KEYS, "action", "target_offset")}
+    out: dict[str, list[np.ndarray]] = {k: [] for k in (*OBS_KEYS, "action", "target_positions")}
     for name in names:
         for key in OBS_KEYS:
             out[key].append(data[name]["obs"][key][()])
         out["action"].append(data[name]["actions"][()])
-        out["target_offset"].append(data[name]["states/target_positions"][()] - out["proprio"][-1][:, :3])
+        out["target_positions"].append(data[name]["states/target_positions"][()])
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
