@@ -2,42 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
-import platform
-import tempfile
 from pathlib import Path
 
-NOT_INSTALLED = "not installed"
+from vla_gym.fileio import atomic_write_text
+from vla_gym.hardware import NOT_INSTALLED, cpu_model, machine_description, package_version
+
 NEW_FILE_TITLE = "# Benchmark results"
 
-
-def package_version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return NOT_INSTALLED
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_description() -> str:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"CPU: {cpu_model()}, {os.cpu_count()} logical cores ({usable} usable); "
-        f"{platform.system()} {platform.machine()}; "
-        f"Python {platform.python_version()}, pybullet {package_version('pybullet')}, "
-        f"torch {package_version('torch')}, gymnasium {package_version('gymnasium')}, "
-        f"stable-baselines3 {package_version('stable-baselines3')}, panda-gym {package_version('panda-gym')}"
-    )
+# NOT_INSTALLED, cpu_model, machine_description and package_version live in vla_gym.hardware;
+# they are re-exported here for the benchmark scripts that import them from ``report``.
+__all__ = [
+    "NEW_FILE_TITLE",
+    "NOT_INSTALLED",
+    "cpu_model",
+    "machine_description",
+    "markers",
+    "package_version",
+    "write_section",
+]
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -60,14 +42,4 @@ def write_section(path: Path, section: str, name: str) -> None:
             text = text.rstrip("\n") + "\n\n" + section + "\n"
     else:
         text = f"{NEW_FILE_TITLE}\n\n{section}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)

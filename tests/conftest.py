@@ -46,3 +46,16 @@ def demo_file(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("demos") / "demos.h5"
     collect_demos(CollectConfig(out=str(path), episodes=6, workers=0, seed=0), progress=False)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def bc_checkpoint(demo_file, tmp_path_factory) -> str:
+    """A small BC policy (two epochs on ``demo_file``): the starting point of PPO tests."""
+    from vla_gym.agents.bc import BCConfig, train_bc
+
+    out = tmp_path_factory.mktemp("bc")
+    config = BCConfig(
+        data=demo_file, out=str(out), epochs=2, batch_size=32, lr=3e-3, warmup_steps=2, network={"channels": [8, 8, 16, 16], "features_dim": 64, "net_arch": {"pi": [64], "vf": [64]}},
+        rollout_every=0, checkpoint_every=0, device="cpu", progress=False, seed=0,
+    )
+    return train_bc(config).policy_path

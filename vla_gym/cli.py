@@ -98,6 +98,41 @@ def _add_train_bc(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _add_train_ppo(sub: argparse._SubParsersAction) -> None:
+    from vla_gym.agents.ppo import VEC_ENVS, PPOConfig
+
+    d = PPOConfig()
+    p = sub.add_parser("train-ppo", help="fine-tune a BC checkpoint with PPO (stable-baselines3)")
+    p.add_argument("--init", default=None, help="BC checkpoint to start from (policy.pt of train-bc); "
+                   "without it PPO trains the network from scratch")
+    p.add_argument("--env", default=d.env_id, choices=sorted(ENV_IDS), help="VLAPickDense-v0 for the dense reward")
+    p.add_argument("--env-kwargs", type=_json_dict, default=None, help="JSON object of extra env kwargs")
+    p.add_argument("--out", default=d.out, help="run directory (policy.pt, last.pt, tb/, metrics.jsonl)")
+    p.add_argument("--timesteps", type=int, default=d.timesteps, help="env steps in total")
+    p.add_argument("--n-envs", type=int, default=d.n_envs, help="parallel envs")
+    p.add_argument("--vec-env", choices=VEC_ENVS, default=d.vec_env, help="auto: subproc when n-envs > 1")
+    p.add_argument("--n-steps", type=int, default=d.n_steps, help="steps per env per rollout")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--n-epochs", type=int, default=d.n_epochs, help="passes over each rollout")
+    p.add_argument("--lr", type=float, default=d.lr, help="actor and trunk learning rate")
+    p.add_argument("--critic-lr", type=float, default=d.critic_lr)
+    p.add_argument("--target-kl", type=float, default=d.target_kl, help="early-stop threshold (<= 0: none)")
+    p.add_argument("--ent-coef", type=float, default=d.ent_coef)
+    p.add_argument("--critic-warmup-rollouts", type=int, default=d.critic_warmup_rollouts,
+                   help="first rollouts that train only the critic")
+    p.add_argument("--bc-coef", type=float, default=d.bc_coef, help="initial weight of the BC term (0: off)")
+    p.add_argument("--bc-decay", type=float, default=d.bc_decay, help="BC weight factor per update")
+    p.add_argument("--detach-critic", action="store_true",
+                   help="the value loss trains only the critic head, not the shared trunk")
+    p.add_argument("--bc-data", default=None, help="demo file of the BC term (default: the init checkpoint's)")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="env steps between evaluations")
+    p.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
+    p.add_argument("--device", default=d.device, help="auto | cpu | cuda[:N]")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="success rate of a policy on fixed seeds (95%% Wilson interval)")
     p.add_argument("--policy", required=True, help="checkpoint path, or 'scripted' / 'random'")
@@ -149,6 +184,24 @@ def _run(args: argparse.Namespace) -> None:
             f"({result.samples_per_second:.0f} samples/s); best: "
             + ", ".join(f"{k} {v:.4g}" for k, v in result.best.items() if isinstance(v, float))
         )
+    elif args.command == "train-ppo":
+        from vla_gym.agents.ppo import PPOConfig, train_ppo
+
+        config = PPOConfig(
+            init=args.init, out=args.out, env_id=args.env, env_kwargs=args.env_kwargs, timesteps=args.timesteps,
+            n_envs=args.n_envs, vec_env=args.vec_env, n_steps=args.n_steps, batch_size=args.batch_size,
+            n_epochs=args.n_epochs, lr=args.lr, critic_lr=args.critic_lr,
+            target_kl=args.target_kl if args.target_kl and args.target_kl > 0 else None, ent_coef=args.ent_coef,
+            critic_warmup_rollouts=args.critic_warmup_rollouts, bc_coef=args.bc_coef, bc_decay=args.bc_decay,
+            bc_data=args.bc_data, detach_critic=args.detach_critic, eval_every=args.eval_every, eval_episodes=args.eval_episodes, device=args.device,
+            seed=args.seed, resume=args.resume, progress=not args.no_progress,
+        )
+        result = train_ppo(config)
+        best = result.best
+        print(
+            f"{result.policy_path}: {result.timesteps} env steps, {result.steps_per_second:.0f} env steps/s "
+            f"including updates; best eval success {best['success_rate']:.1%} at step {best['timesteps']}"
+        )
     elif args.command == "evaluate":
         from vla_gym.evaluation import run_evaluation
 
@@ -166,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vla-gym", description=vla_gym.__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"vla-gym {vla_gym.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_render, _add_collect, _add_train_bc, _add_evaluate):
+    for add in (_add_render, _add_collect, _add_train_bc, _add_train_ppo, _add_evaluate):
         add(sub)
     args = parser.parse_args(argv)
     try:
@@ -174,8 +227,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as err:
         parser.exit(2, f"vla-gym {args.command}: error: {err}\n")
     except KeyboardInterrupt:
-        hint = " (continue with --resume)" if args.command == "train-bc" else ""
+        hint = " (continue with --resume)" if args.command in ("train-bc", "train-ppo") else ""
         parser.exit(130, f"vla-gym {args.command}: interrupted{hint}\n")
+    return 0
+
+
+def train_agent_main(argv: Sequence[str] | None = None) -> int:
+    """``train-agent``: demos -> BC -> PPO -> evaluation report, resumable stage by stage."""
+    from vla_gym.pipeline import PRESETS, AgentConfig, train_agent
+
+    parser = argparse.ArgumentParser(
+        prog="train-agent",
+        description="Scripted demos -> behaviour cloning -> PPO fine-tuning -> evaluation report "
+        "(OUT/report.md). Rerun the same command to resume: finished stages are skipped.",
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
+                        help="quick: minutes on a laptop CPU; full: the configuration behind the README's figures")
+    parser.add_argument("--out", default="runs/agent", help="run directory")
+    parser.add_argument("--env", default=None, choices=sorted(ENV_IDS))
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (BC and PPO)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--demo-workers", type=int, default=None, help="collection worker processes")
+    parser.add_argument("--eval-workers", type=int, default=None, help="evaluation worker processes")
+    parser.add_argument("--eval-episodes", type=int, default=None, help="report episodes per policy and split")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        config = AgentConfig.from_preset(
+            args.preset, out=args.out, env_id=args.env, device=args.device, seed=args.seed,
+            demo_workers=args.demo_workers, eval_workers=args.eval_workers, eval_episodes=args.eval_episodes,
+            progress=not args.no_progress,
+        )
+        report = train_agent(config)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        parser.exit(2, f"train-agent: error: {err}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "train-agent: interrupted (rerun the same command to resume)\n")
+    print(f"{args.out}/report.md: " + ", ".join(
+        f"{r['policy']} {r['split']} {r['success_rate']:.1%}" for r in report["results"]
+    ) + f"; total {report['total_seconds']:.0f} s")
     return 0
 
 

@@ -140,11 +140,11 @@ class EvalResult:
         complete (written to a temporary name in the same directory, then renamed).
         """
         payload = {"metadata": dict(metadata or {}), **self.to_dict()}
-        text = json.dumps(payload, indent=JSON_INDENT, default=_json_default) + "\n"
+        text = json.dumps(payload, indent=JSON_INDENT, default=json_default) + "\n"
         return atomic_write_text(Path(path), text)
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     """Make numpy scalars/arrays, paths, tuples and sets JSON-serialisable."""
     if isinstance(value, np.generic):
         return value.item()

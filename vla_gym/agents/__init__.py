@@ -1,4 +1,4 @@
-"""Agents: the scripted expert, the VLA actor-critic network, behaviour cloning, checkpoints.
+"""Agents: the scripted expert, the VLA actor-critic network, behaviour cloning, PPO, checkpoints.
 
 The torch-based parts are imported on first use, so ``from vla_gym.agents import
 ScriptedPickPolicy`` stays light for demo-collection workers.
@@ -21,6 +21,10 @@ _LAZY = {
     "VLAActorCriticPolicy": "vla_gym.agents.network",
     "VLAFeaturesExtractor": "vla_gym.agents.network",
     "info_nce": "vla_gym.agents.network",
+    "PPOConfig": "vla_gym.agents.ppo",
+    "PPOResult": "vla_gym.agents.ppo",
+    "VLAPPO": "vla_gym.agents.ppo",
+    "train_ppo": "vla_gym.agents.ppo",
 }
 
 __all__ = ["ScriptedPickPolicy", *_LAZY]

@@ -38,14 +38,14 @@ import torch.nn.functional as F
 from vla_gym.agents.checkpoint import (
     CheckpointError,
     build_policy,
-    config_differences,
     read_checkpoint,
     resolve_device,
+    resume_differences,
     save_checkpoint,
 )
 from vla_gym.agents.network import TARGET_OFFSET_SCALE, NetworkConfig, VLAActorCriticPolicy, info_nce
 from vla_gym.data.augment import AugmentConfig, augment_batch
-from vla_gym.fileio import atomic_write_text
+from vla_gym.fileio import append_jsonl, atomic_write_text
 from vla_gym.data.dataset import DemoDataset, check_env_matches, collate_batch
 
 OBS_KEYS = ("rgb", "depth", "proprio", "instruction")
@@ -394,7 +394,7 @@ def train_bc(config: BCConfig) -> BCResult:
             if _better(record, best):
                 best = {k: v for k, v in record.items() if k != "log_std"}
                 save_checkpoint(policy_path, policy, meta())
-            _append_jsonl(out / "metrics.jsonl", record)
+            append_jsonl(out / "metrics.jsonl", record)
             save_last()
             if config.progress:
                 tqdm.write(_describe(record))
@@ -423,17 +423,10 @@ def _better(record: dict[str, Any], best: dict[str, Any]) -> bool:
 
 def _load_training_state(path: Path, config: BCConfig, device: torch.device) -> dict[str, Any]:
     state = read_checkpoint(path, map_location=device)
-    saved = {k: v for k, v in state["meta"]["bc"].items() if k not in RESUMABLE_CHANGES}
-    wanted = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
-    differ = config_differences(saved, wanted)
+    differ = resume_differences(state["meta"]["bc"], config.to_dict(), RESUMABLE_CHANGES)
     if differ:
         raise CheckpointError(f"cannot resume {str(path)!r} with another config: " + "; ".join(differ))
     return state
-
-
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def _describe(record: dict[str, Any]) -> str:

@@ -116,6 +116,13 @@ def config_differences(found: Any, expected: Any, prefix: str = "") -> list[str]
     return [] if norm[0] == norm[1] else [f"{prefix}: checkpoint {found!r} vs requested {expected!r}"]
 
 
+def resume_differences(saved: dict[str, Any], wanted: dict[str, Any], may_change: frozenset[str]) -> list[str]:
+    """:func:`config_differences` of two run configs, leaving out the fields in ``may_change``."""
+    return config_differences(
+        {k: v for k, v in saved.items() if k not in may_change}, {k: v for k, v in wanted.items() if k not in may_change}
+    )
+
+
 def load_policy(
     path: str | os.PathLike, device: str | torch.device = "auto", network: NetworkConfig | dict | None = None
 ) -> VLAActorCriticPolicy:

@@ -1,0 +1,85 @@
+"""train-agent: every stage runs, the report holds the evaluation's numbers, a rerun resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vla_gym import pipeline
+from vla_gym.cli import train_agent_main
+from vla_gym.evaluation import wilson_interval
+from vla_gym.pipeline import POLICIES, SPLITS, AgentConfig, train_agent
+
+SMALL_NETWORK = {"channels": [8, 8, 16, 16], "features_dim": 64, "net_arch": {"pi": [64], "vf": [64]}}
+TINY = dict(
+    preset="tiny", demo_episodes=4, demo_workers=0,
+    bc={"epochs": 1, "batch_size": 32, "network": SMALL_NETWORK, "rollout_every": 0, "paraphrase_prob": 0.0},
+    ppo={"timesteps": 128, "n_envs": 2, "vec_env": "dummy", "n_steps": 64, "batch_size": 64, "n_epochs": 1,
+         "eval_every": 64, "eval_episodes": 1, "critic_warmup_rollouts": 1},
+    eval_episodes=2, eval_workers=1, video_episodes=1, device="cpu", progress=False,
+)
+
+
+def test_train_agent_writes_a_report_of_what_it_measured_and_resumes(tmp_path, monkeypatch):
+    out = tmp_path / "agent"
+    config = AgentConfig(out=str(out), **TINY)
+    real_ppo = pipeline._run_ppo
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_run_ppo", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_agent(config)
+    stages = json.loads((out / "stages.json").read_text())
+    assert stages["demos"]["done"] and stages["bc"]["done"] and not stages["ppo"]["done"]
+    bc_mtime = (out / "bc" / "policy.pt").stat().st_mtime_ns
+
+    monkeypatch.setattr(pipeline, "_run_ppo", real_ppo)
+    report = train_agent(config)
+    assert (out / "bc" / "policy.pt").stat().st_mtime_ns == bc_mtime  # BC was not redone
+    assert report["stages"]["demos"]["skipped"] and report["stages"]["bc"]["skipped"]
+    assert not report["stages"]["ppo"]["skipped"] and report["stages"]["ppo"]["attempts"] == 2
+
+    for name in ("report.md", "report.json", "learning_curve.png", "final_policy.mp4"):
+        assert (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "report.json").read_text())
+    markdown = (out / "report.md").read_text()
+    assert {(r["policy"], r["split"]) for r in saved["results"]} == {(p, s) for p in POLICIES for s in SPLITS}
+    for row in saved["results"]:
+        cell = json.loads((out / "eval" / f"{row['policy'].replace('+', '_')}_{row['split']}.json").read_text())
+        assert row["successes"] == cell["successes"] and row["episodes"] == cell["episodes"] == 2
+        assert row["mean_length"] == cell["mean_length"]
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(wilson_interval(cell["successes"], 2))
+        assert f"{cell['successes']}/2" in markdown
+    scripted = {r["split"]: r for r in saved["results"] if r["policy"] == "scripted"}
+    assert scripted["train"]["successes"] == 2  # the expert solves its episodes
+    history = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [p["timesteps"] for p in saved["learning_curve"]] == [h["timesteps"] for h in history]
+    assert saved["bc_level"] == history[0]["success_rate"]
+    assert saved["total_seconds"] == pytest.approx(sum(s["seconds"] for s in saved["stages"].values()))
+
+    # A finished run reruns as a no-op; another config in the same directory is refused.
+    again = train_agent(config)
+    assert all(stage["skipped"] for stage in again["stages"].values())
+    with pytest.raises(ValueError, match="another config"):
+        train_agent(AgentConfig(out=str(out), **{**TINY, "eval_episodes": 3}))
+
+
+def test_presets_are_valid_configs(tmp_path):
+    for preset in pipeline.PRESETS:
+        config = AgentConfig.from_preset(preset, out=str(tmp_path / preset), device="cpu")
+        assert config.preset == preset and config.ppo_config(tmp_path).init.endswith("policy.pt")
+    with pytest.raises(ValueError, match="choose one of"):
+        AgentConfig.from_preset("huge")
+    with pytest.raises(ValueError, match="set by train-agent itself"):
+        AgentConfig(ppo={"init": "x.pt"})
+    with pytest.raises(TypeError):
+        AgentConfig(bc={"epoch": 3})
+
+
+def test_train_agent_cli_reports_bad_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train_agent_main(["--out", str(tmp_path), "--eval-episodes", "0", "--no-progress"])
+    assert exc.value.code == 2 and "eval_episodes must be >= 1" in capsys.readouterr().err

@@ -1,0 +1,663 @@
+"""PPO fine-tuning of the BC-pretrained VLA actor-critic: ``train_ppo(PPOConfig(...))``.
+
+stable-baselines3's PPO drives the very network BC trained: the model is built with
+``ortho_init=False`` and then the BC checkpoint's state dict (weights, learned log-std and
+the proprio statistics) is loaded into ``model.policy``, so nothing SB3 initialises
+survives. :class:`VLAPPO` adds what keeps a BC policy from collapsing when PPO takes over:
+
+* **critic warm-up**: the value head BC fitted on demo returns has not seen the policy's
+  own rollouts (nor a dense reward). For the first ``critic_warmup_rollouts`` rollouts only
+  the critic (``mlp_extractor.value_net`` and ``value_net``) is trained, on features of
+  the frozen shared trunk; the actor, trunk and log-std are not touched;
+* **its own learning rate**: the critic's parameter group runs at ``critic_lr``, the rest
+  at the (lower) ``lr``;
+* **few epochs and ``target_kl``**: a small number of passes over each fresh rollout,
+  stopped early when the approximate KL to the rollout policy passes ``1.5 * target_kl``;
+* **the BC log-std**: loaded with the weights, not reset to SB3's ``log_std_init``;
+* an optional **behaviour-cloning term** (DAPG-style): ``bc_coef * bc_decay**k`` times the
+  per-dimension NLL of expert actions on demo batches, added to the PPO loss at update k.
+
+Outputs in ``out``: ``policy.pt`` (best eval success on held-out seeds, then shortest
+episodes), ``last.pt`` (training state for ``resume``), ``config.json``,
+``metrics.jsonl`` (one line per evaluation) and TensorBoard logs in ``tb/``
+(``eval/success_rate`` against env steps, SB3's ``train/*`` and ``rollout/*``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.utils import explained_variance, set_random_seed
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+from vla_gym.agents.checkpoint import (
+    CheckpointError,
+    load_policy,
+    read_checkpoint,
+    resolve_device,
+    resume_differences,
+    save_checkpoint,
+)
+from vla_gym.agents.network import NetworkConfig, VLAActorCriticPolicy
+from vla_gym.data.format import env_args as make_env_args
+from vla_gym.fileio import append_jsonl, atomic_write_text
+
+VEC_ENVS = ("auto", "subproc", "dummy")
+#: Seeds of the training envs derive from this (demos use 0+, the benchmark 100000+,
+#: BC's rollout checks 10000000+).
+TRAIN_SEED = 20_000_000
+#: First seed of the evaluation callback (checkpoint selection); the train-agent report
+#: evaluates on other seeds (100000+), so the reported figures are not selected on.
+EVAL_SEED = 300_000
+#: Fields that may change between a run and its resumption.
+RESUMABLE_CHANGES = frozenset({"device", "progress", "timesteps", "out", "resume"})
+ADAM_EPS = 1e-5  # SB3's PPO default
+
+
+@dataclass
+class PPOConfig:
+    """Everything that defines a PPO fine-tuning run (saved in every checkpoint).
+
+    Args:
+        init: BC checkpoint (``policy.pt`` of ``vla-gym train-bc``) to start from; None
+            trains the network given by ``network`` from scratch.
+        out: run directory.
+        env_id, env_kwargs: the env to train on (e.g. ``VLAPickDense-v0`` for the dense
+            reward); its observations must have the shapes the checkpoint was trained on.
+        timesteps: env steps in total (over all envs).
+        n_envs: parallel envs; ``vec_env`` "subproc" (worker processes), "dummy" (this
+            process) or "auto" (subproc when ``n_envs > 1``).
+        n_steps: steps per env per rollout (a rollout is ``n_steps * n_envs`` steps).
+        batch_size: minibatch size of the PPO update.
+        n_epochs: passes over each rollout (few: more over-fits fresh data and drifts).
+        lr: Adam learning rate of the actor and the shared trunk.
+        critic_lr: learning rate of the critic (``mlp_extractor.value_net``, ``value_net``).
+        gamma, gae_lambda: discount and GAE lambda.
+        clip_range: PPO ratio clip.
+        ent_coef, vf_coef: entropy bonus and value-loss weight.
+        max_grad_norm: global gradient-norm clip.
+        target_kl: stop a rollout's update once the approximate KL passes 1.5x this (None: never).
+        critic_warmup_rollouts: first rollouts that train only the critic, the actor frozen.
+        critic_warmup_epochs: passes over each of those rollouts.
+        bc_coef: initial weight of the behaviour-cloning NLL term on demo batches (0 = off).
+        bc_decay: the weight is multiplied by this after every PPO update.
+        bc_data: demo file for that term (default: the demos the ``init`` checkpoint was trained on).
+        bc_batch_size: demo frames per minibatch of that term.
+        detach_critic: the value loss trains only the critic's MLP and head, not the shared
+            trunk (vision, language, fusion), which then learns from the policy loss alone.
+        network: :class:`NetworkConfig` fields, only when ``init`` is None.
+        eval_every: env steps between evaluations (also at the start and the end).
+        eval_episodes: episodes per evaluation, on seeds ``eval_seed, eval_seed + 1, ...``.
+        eval_seed: first evaluation seed.
+        checkpoint_every: rollouts between ``last.pt`` saves.
+        device: "auto" (CUDA when present), "cpu" or "cuda"; the envs step on CPU.
+        seed: seeds torch, numpy and the training envs.
+        resume: continue from ``out/last.pt`` if it exists.
+        progress: show a tqdm bar.
+    """
+
+    init: str | None = None
+    out: str = "runs/ppo"
+    env_id: str = "VLAPick-v0"
+    env_kwargs: dict[str, Any] | None = None
+    timesteps: int = 200_000
+    n_envs: int = 8
+    vec_env: str = "auto"
+    n_steps: int = 256
+    batch_size: int = 256
+    n_epochs: int = 3
+    lr: float = 3e-5
+    critic_lr: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float | None = 0.02
+    critic_warmup_rollouts: int = 2
+    critic_warmup_epochs: int = 10
+    bc_coef: float = 0.0
+    bc_decay: float = 0.9
+    bc_data: str | None = None
+    bc_batch_size: int = 64
+    detach_critic: bool = False
+    network: dict[str, Any] | None = None
+    eval_every: int = 10_000
+    eval_episodes: int = 50
+    eval_seed: int = EVAL_SEED
+    checkpoint_every: int = 1
+    device: str = "auto"
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "critic_warmup_epochs",
+                     "bc_batch_size", "eval_episodes", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("lr", "critic_lr", "clip_range", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("ent_coef", "vf_coef", "critic_warmup_rollouts", "bc_coef", "eval_every", "eval_seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("gamma", "gae_lambda", "bc_decay"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
+        if self.target_kl is not None and not self.target_kl > 0:
+            raise ValueError(f"target_kl must be > 0 or None, got {self.target_kl!r}")
+        if self.vec_env not in VEC_ENVS:
+            raise ValueError(f"vec_env={self.vec_env!r} is not available; choose one of {VEC_ENVS}")
+        if self.batch_size > self.n_steps * self.n_envs:
+            raise ValueError(
+                f"batch_size={self.batch_size} is larger than a rollout (n_steps * n_envs = "
+                f"{self.n_steps * self.n_envs}); lower it or collect longer rollouts"
+            )
+        if self.init is not None and self.network is not None:
+            raise ValueError("give either init (a BC checkpoint, whose network is used) or network, not both")
+        from vla_gym.envs import ENV_IDS
+
+        if self.env_id not in ENV_IDS:
+            raise ValueError(f"env_id={self.env_id!r} is not a vla_gym env; choose one of {sorted(ENV_IDS)}")
+        resolve_device(self.device)
+        if self.network is not None:
+            self.network = NetworkConfig(**self.network).to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+@dataclass
+class PPOResult:
+    """What :func:`train_ppo` did."""
+
+    policy_path: str
+    last_path: str
+    timesteps: int
+    steps_per_second: float  # env steps per second of training, updates included, evaluations excluded
+    train_seconds: float
+    eval_seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per evaluation
+    best: dict[str, Any] = field(default_factory=dict)
+
+
+def critic_parameters(policy: VLAActorCriticPolicy) -> list[torch.nn.Parameter]:
+    """The critic's own parameters: its MLP and the value head (not the shared trunk)."""
+    return [*policy.mlp_extractor.value_net.parameters(), *policy.value_net.parameters()]
+
+
+class DemoBatches:
+    """Random batches of expert frames for the behaviour-cloning term, from a demo file's
+    train split held in RAM, laid out as the policy's observation space wants them."""
+
+    def __init__(self, path: str, batch_size: int, seed: int, policy: VLAActorCriticPolicy) -> None:
+        from vla_gym.data.dataset import DemoDataset
+
+        self.dataset = DemoDataset(path, "train", in_memory=True)
+        if len(self.dataset) == 0:
+            raise ValueError(f"demo file {path!r} has no successful training frames for the BC term")
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng([seed, 1])
+        self.device = policy.device
+        self.rgb_channels_first = policy.features_extractor.rgb_channels_first
+        self.depth_channels_first = policy.features_extractor.depth_channels_first
+
+    def __call__(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(observations, expert actions (B, 4)) on the policy's device."""
+        index = self.rng.integers(0, len(self.dataset), self.batch_size)
+        batch = self.dataset.__getitems__(index)
+        obs = {k: torch.as_tensor(batch[k], device=self.device) for k in ("rgb", "depth", "proprio", "instruction")}
+        if self.rgb_channels_first:
+            obs["rgb"] = obs["rgb"].permute(0, 3, 1, 2)
+        if self.depth_channels_first:
+            obs["depth"] = obs["depth"].permute(0, 3, 1, 2)
+        return obs, torch.as_tensor(batch["action"], device=self.device)
+
+
+class VLAPPO(PPO):
+    """SB3 PPO with a critic warm-up, a separate critic learning rate and an optional
+    decaying behaviour-cloning term (see the module docstring).
+
+    Args (besides PPO's):
+        critic_lr_scale: critic learning rate / actor learning rate.
+        critic_warmup_rollouts, critic_warmup_epochs: see :class:`PPOConfig`.
+        bc_coef, bc_decay: weight of the BC term at the first PPO update, and its decay per update.
+        demo_batches: ``() -> (obs, actions)`` for the BC term (needed by ``learn`` when
+            ``bc_coef > 0``; it may be set after construction, once the policy exists).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        critic_lr_scale: float = 10.0,
+        critic_warmup_rollouts: int = 2,
+        critic_warmup_epochs: int = 10,
+        bc_coef: float = 0.0,
+        bc_decay: float = 0.9,
+        demo_batches: Callable[[], tuple[dict[str, torch.Tensor], torch.Tensor]] | None = None,
+        detach_critic: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self.critic_lr_scale = critic_lr_scale
+        self.critic_warmup_rollouts = critic_warmup_rollouts
+        self.critic_warmup_epochs = critic_warmup_epochs
+        self.bc_coef = bc_coef
+        self.bc_decay = bc_decay
+        self.demo_batches = demo_batches
+        self.detach_critic = detach_critic
+        self.rollouts_trained = 0
+        super().__init__(*args, **kwargs)
+
+    def _setup_learn(self, *args: Any, **kwargs: Any):
+        if self.bc_coef > 0 and self.demo_batches is None:
+            raise ValueError("bc_coef > 0 needs demo_batches (a demo file) for the behaviour-cloning term")
+        return super()._setup_learn(*args, **kwargs)
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        critic = {id(p) for p in critic_parameters(self.policy)}
+        lr = self.lr_schedule(1)
+        groups = [
+            {"params": [p for p in self.policy.parameters() if id(p) not in critic], "lr": lr, "lr_scale": 1.0,
+             "name": "actor"},
+            {"params": critic_parameters(self.policy), "lr": lr * self.critic_lr_scale,
+             "lr_scale": self.critic_lr_scale, "name": "critic"},
+        ]
+        self.policy.optimizer = self.policy.optimizer_class(groups, **self.policy.optimizer_kwargs)
+
+    def _update_learning_rate(self, optimizers: Any) -> None:
+        lr = self.lr_schedule(self._current_progress_remaining)
+        self.logger.record("train/learning_rate", lr)
+        self.logger.record("train/critic_learning_rate", lr * self.critic_lr_scale)
+        for group in self.policy.optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+
+    @property
+    def in_critic_warmup(self) -> bool:
+        return self.rollouts_trained < self.critic_warmup_rollouts
+
+    def bc_weight(self) -> float:
+        """Weight of the BC term at the next PPO update."""
+        updates = max(self.rollouts_trained - self.critic_warmup_rollouts, 0)
+        return self.bc_coef * self.bc_decay**updates
+
+    def train(self) -> None:
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        if self.in_critic_warmup:
+            self._warm_up_critic()
+        else:
+            self._train_actor_critic()
+        self.rollouts_trained += 1
+        self.logger.record("train/critic_warmup", float(self.in_critic_warmup))
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/std", torch.exp(self.policy.log_std).mean().item())
+        self.logger.record(
+            "train/explained_variance",
+            explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()),
+        )
+
+    def _warm_up_critic(self) -> None:
+        """Regress the critic on this rollout's returns; the trunk's features are computed
+        once without gradients, so the actor, trunk and log-std stay exactly as they are."""
+        features, returns = [], []
+        with torch.no_grad():
+            for data in self.rollout_buffer.get(self.batch_size):
+                features.append(self.policy.extract_features(data.observations))
+                returns.append(data.returns)
+        features, returns = torch.cat(features), torch.cat(returns)
+        losses = []
+        for _ in range(self.critic_warmup_epochs):
+            for index in torch.randperm(len(returns), device=returns.device).split(self.batch_size):
+                values = self.policy.value_net(self.policy.mlp_extractor.forward_critic(features[index])).flatten()
+                loss = F.mse_loss(values, returns[index])
+                self.policy.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(critic_parameters(self.policy), self.max_grad_norm)
+                self.policy.optimizer.step()
+                losses.append(loss.item())
+        self._n_updates += self.critic_warmup_epochs
+        self.logger.record("train/value_loss", float(np.mean(losses)))
+
+    def _evaluate_actions(self, obs, actions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SB3's ``evaluate_actions``; with ``detach_critic`` the value loss stops at the trunk."""
+        if not self.detach_critic:
+            return self.policy.evaluate_actions(obs, actions)
+        features = self.policy.extract_features(obs)
+        distribution = self.policy._get_action_dist_from_latent(self.policy.mlp_extractor.forward_actor(features))
+        values = self.policy.value_net(self.policy.mlp_extractor.forward_critic(features.detach()))
+        return values, distribution.log_prob(actions), distribution.entropy()
+
+    def _train_actor_critic(self) -> None:
+        """SB3's PPO update (clipped surrogate, value loss, entropy, KL early stop) plus the BC term."""
+        clip_range = self.clip_range(self._current_progress_remaining)
+        bc_weight = self.bc_weight()
+        logs: dict[str, list[float]] = {k: [] for k in ("pg", "value", "entropy", "clip", "kl", "bc")}
+        continue_training = True
+        for epoch in range(self.n_epochs):
+            for data in self.rollout_buffer.get(self.batch_size):
+                values, log_prob, entropy = self._evaluate_actions(data.observations, data.actions)
+                advantages = data.advantages
+                if self.normalize_advantage and len(advantages) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                log_ratio = log_prob - data.old_log_prob
+                ratio = torch.exp(log_ratio)
+                policy_loss = -torch.min(
+                    advantages * ratio, advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+                ).mean()
+                value_loss = F.mse_loss(data.returns, values.flatten())
+                entropy_loss = -torch.mean(entropy) if entropy is not None else torch.mean(log_prob)
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                if bc_weight > 0:
+                    demo_obs, demo_actions = self.demo_batches()
+                    _, demo_log_prob, _ = self.policy.evaluate_actions(demo_obs, demo_actions)
+                    bc_loss = -demo_log_prob.mean() / demo_actions.shape[1]
+                    loss = loss + bc_weight * bc_loss
+                    logs["bc"].append(bc_loss.item())
+                with torch.no_grad():
+                    approx_kl = torch.mean((ratio - 1) - log_ratio).item()
+                logs["kl"].append(approx_kl)
+                if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
+                    continue_training = False
+                    break
+                logs["pg"].append(policy_loss.item())
+                logs["value"].append(value_loss.item())
+                logs["entropy"].append(entropy_loss.item())
+                logs["clip"].append(torch.mean((torch.abs(ratio - 1) > clip_range).float()).item())
+                self.policy.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+            self._n_updates += 1
+            if not continue_training:
+                break
+        for key, name in (("pg", "policy_gradient_loss"), ("value", "value_loss"), ("entropy", "entropy_loss"),
+                          ("clip", "clip_fraction"), ("kl", "approx_kl"), ("bc", "bc_loss")):
+            if logs[key]:
+                self.logger.record(f"train/{name}", float(np.mean(logs[key])))
+        self.logger.record("train/bc_weight", bc_weight)
+        self.logger.record("train/epochs_done", epoch + 1)
+        self.logger.record("train/clip_range", clip_range)
+
+
+class _EvalAndCheckpoint(BaseCallback):
+    """Evaluates on fixed held-out seeds (at the start, every ``eval_every`` env steps and
+    at the end), logs ``eval/*``, keeps the best policy and saves ``last.pt``."""
+
+    def __init__(self, trainer: "_Trainer") -> None:
+        super().__init__()
+        self.trainer = trainer
+        self.rollouts_since_save = 0
+        self.bar = None
+
+    def _on_training_start(self) -> None:
+        if self.trainer.config.progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.trainer.config.timesteps, initial=self.num_timesteps, desc="ppo", unit="step")
+        if not self.trainer.history:
+            self.trainer.evaluate()  # the level PPO starts from
+
+    def _on_rollout_start(self) -> None:
+        trainer = self.trainer
+        last = trainer.history[-1]["timesteps"] if trainer.history else -1
+        if trainer.config.eval_every and self.num_timesteps - last >= trainer.config.eval_every:
+            trainer.evaluate()
+        self.rollouts_since_save += 1
+        if self.rollouts_since_save >= trainer.config.checkpoint_every:
+            trainer.save_last()
+            self.rollouts_since_save = 0
+
+    def _on_step(self) -> bool:
+        if self.bar is not None:
+            self.bar.update(self.training_env.num_envs)
+            if self.trainer.history:
+                self.bar.set_postfix(eval_success=f"{self.trainer.history[-1]['success_rate']:.0%}", refresh=False)
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if not self.trainer.history or self.trainer.history[-1]["timesteps"] != self.num_timesteps:
+            self.trainer.evaluate()
+        self.trainer.save_last()
+
+
+class _Trainer:
+    """The state of one run: model, eval env, history, best; saves and evaluates."""
+
+    def __init__(self, config: PPOConfig) -> None:
+        self.config = config
+        self.out = Path(config.out)
+        self.device = resolve_device(config.device)
+        self.last_path, self.policy_path = self.out / "last.pt", self.out / "policy.pt"
+        self.env_args = make_env_args(config.env_id, config.env_kwargs)
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {}
+        self.eval_seconds = 0.0
+        self.init_meta: dict[str, Any] | None = None
+        state = None
+        if config.resume and self.last_path.exists():
+            state = read_checkpoint(self.last_path, map_location=self.device)
+            _check_resumable(self.last_path, state["meta"]["ppo"], config)
+        init_policy = None
+        if config.init is not None:
+            init_policy = load_policy(config.init, device=self.device)
+            self.init_meta = init_policy.checkpoint_meta
+            _check_observations(config.init, init_policy, self.env_args)
+            network = self.init_meta["network"]
+        else:
+            network = config.network or NetworkConfig().to_dict()
+        self.network = network
+        set_random_seed(config.seed, using_cuda=self.device.type == "cuda")
+        start = int(state["meta"]["timesteps"]) if state else 0
+        self.env = _make_vec_env(config, _train_env_seed(config.seed, start))
+        model_kwargs = dict(
+            learning_rate=config.lr, n_steps=config.n_steps, batch_size=config.batch_size, n_epochs=config.n_epochs,
+            gamma=config.gamma, gae_lambda=config.gae_lambda, clip_range=config.clip_range,
+            ent_coef=config.ent_coef, vf_coef=config.vf_coef, max_grad_norm=config.max_grad_norm,
+            target_kl=config.target_kl, tensorboard_log=str(self.out / "tb"), device=self.device, verbose=0,
+            policy_kwargs={"network": network, "ortho_init": False, "optimizer_kwargs": {"eps": ADAM_EPS}},
+            critic_lr_scale=config.critic_lr / config.lr, critic_warmup_rollouts=config.critic_warmup_rollouts,
+            critic_warmup_epochs=config.critic_warmup_epochs, bc_coef=config.bc_coef, bc_decay=config.bc_decay,
+            detach_critic=config.detach_critic,
+        )
+        try:
+            self.model = VLAPPO(VLAActorCriticPolicy, self.env, **model_kwargs)
+            if config.bc_coef > 0:
+                self.model.demo_batches = DemoBatches(self._bc_data(), config.bc_batch_size, config.seed, self.model.policy)
+            if state is not None:
+                self._restore(state)
+            elif init_policy is not None:
+                self.model.policy.load_state_dict(init_policy.state_dict())
+        except BaseException:
+            self.env.close()
+            raise
+        self.eval_env = gym.make(config.env_id, **(config.env_kwargs or {}))
+
+    def _bc_data(self) -> str:
+        if self.config.bc_data is not None:
+            return self.config.bc_data
+        data = (self.init_meta or {}).get("bc", {}).get("data")
+        if not data:
+            raise ValueError("bc_coef > 0 needs bc_data: a demo file (the init checkpoint names none)")
+        return data
+
+    def meta(self) -> dict[str, Any]:
+        model = self.model
+        return {
+            "env": self.env_args,
+            "network": self.network,
+            "ppo": self.config.to_dict(),
+            "init": self.config.init,
+            "bc": (self.init_meta or {}).get("bc"),
+            "timesteps": int(model.num_timesteps),
+            "n_updates": int(model._n_updates),
+            "rollouts_trained": int(model.rollouts_trained),
+            "history": self.history,
+            "best": self.best,
+            "demo_rng": model.demo_batches.rng.bit_generator.state if isinstance(model.demo_batches, DemoBatches) else None,
+        }
+
+    def save_last(self) -> None:
+        save_checkpoint(
+            self.last_path, self.model.policy, self.meta(),
+            optimizer=self.model.policy.optimizer.state_dict(), torch_rng=torch.get_rng_state(),
+        )
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        meta, model = state["meta"], self.model
+        model.policy.load_state_dict(state["policy"])
+        model.policy.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        model.num_timesteps = int(meta["timesteps"])
+        model._n_updates = int(meta["n_updates"])
+        model.rollouts_trained = int(meta["rollouts_trained"])
+        self.history, self.best = meta["history"], meta["best"]
+        if meta.get("demo_rng") and isinstance(model.demo_batches, DemoBatches):
+            model.demo_batches.rng.bit_generator.state = meta["demo_rng"]
+
+    def evaluate(self) -> dict[str, Any]:
+        """Deterministic success rate on the fixed eval seeds; logs it and keeps the best policy."""
+        from vla_gym.evaluation import evaluate
+
+        config, model = self.config, self.model
+        start = time.perf_counter()
+        seeds = range(config.eval_seed, config.eval_seed + config.eval_episodes)
+        try:
+            result = evaluate(self.eval_env, lambda _: model.policy, seeds)
+        finally:
+            model.policy.set_training_mode(False)
+        low, high = result.interval
+        record = {
+            "timesteps": int(model.num_timesteps), "success_rate": result.success_rate, "ci_low": low, "ci_high": high,
+            "mean_length": result.mean_length, "episodes": result.episodes, "successes": result.successes,
+            "critic_warmup": bool(model.in_critic_warmup),
+            "rollout_success_rate": float(np.mean(model.ep_success_buffer)) if model.ep_success_buffer else None, "log_std": model.policy.log_std.detach().cpu().tolist(),
+        }
+        self.history.append(record)
+        if _better(record, self.best):
+            self.best = {k: v for k, v in record.items() if k != "log_std"}
+            save_checkpoint(self.policy_path, model.policy, self.meta())
+        append_jsonl(self.out / "metrics.jsonl", record)
+        model.logger.record("eval/success_rate", record["success_rate"])
+        model.logger.record("eval/mean_length", record["mean_length"])
+        model.logger.dump(model.num_timesteps)
+        self.eval_seconds += time.perf_counter() - start
+        if config.progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(
+                f"step {record['timesteps']}: eval success {record['success_rate']:.1%} "
+                f"({low:.1%}-{high:.1%}), mean length {record['mean_length']:.1f}"
+            )
+        return record
+
+    def close(self) -> None:
+        self.env.close()
+        self.eval_env.close()
+
+
+def train_ppo(config: PPOConfig, before_learn: Callable[[VLAPPO], None] | None = None) -> PPOResult:
+    """Fine-tune (or train) the VLA actor-critic with PPO; see the module docstring for outputs.
+
+    ``before_learn(model)``, if given, runs once the weights are in place (from the BC
+    checkpoint or the resumed ``last.pt``) and before the first evaluation: a seam to add
+    callbacks' state or to perturb the model (``benchmarks/ppo_handover.py`` uses it to
+    reproduce the hand-over failures these defaults avoid).
+    """
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = _Trainer(config)
+    atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    model = trainer.model
+    callback = _EvalAndCheckpoint(trainer)
+    try:
+        if before_learn is not None:
+            before_learn(model)
+        start_steps, start = model.num_timesteps, time.perf_counter()
+        remaining = config.timesteps - model.num_timesteps
+        if remaining > 0:
+            model.learn(remaining, callback=callback, reset_num_timesteps=False, tb_log_name="ppo")
+        elif not trainer.history:
+            model._setup_learn(0, None, reset_num_timesteps=False, tb_log_name="ppo")
+            trainer.evaluate()
+    except KeyboardInterrupt:
+        trainer.save_last()  # the weights and optimizer are consistent here: resume continues
+        raise
+    finally:
+        if callback.bar is not None:
+            callback.bar.close()
+        trainer.close()
+    total = time.perf_counter() - start
+    train_seconds = max(total - trainer.eval_seconds, 1e-9)
+    done = model.num_timesteps - start_steps
+    return PPOResult(
+        str(trainer.policy_path), str(trainer.last_path), int(model.num_timesteps),
+        done / train_seconds if done else float("nan"), train_seconds, trainer.eval_seconds,
+        trainer.history, trainer.best,
+    )
+
+
+def _make_vec_env(config: PPOConfig, seed: int):
+    kind = config.vec_env
+    if kind == "auto":
+        kind = "subproc" if config.n_envs > 1 else "dummy"
+    return make_vec_env(
+        _make_env, n_envs=config.n_envs, seed=seed, env_kwargs={"env_id": config.env_id, **(config.env_kwargs or {})},
+        vec_env_cls=SubprocVecEnv if kind == "subproc" else DummyVecEnv,
+    )
+
+
+def _make_env(env_id: str, **kwargs: Any) -> gym.Env:
+    """Env factory for the vectorised envs; importing vla_gym registers the ids in worker processes."""
+    importlib.import_module("vla_gym")
+    return gym.make(env_id, **kwargs)
+
+
+def _train_env_seed(seed: int, timesteps: int) -> int:
+    """First seed of the training envs; a resumed run gets new episodes, not a replay."""
+    return TRAIN_SEED + int(np.random.SeedSequence([seed, timesteps]).generate_state(1)[0] % 1_000_000_000)
+
+
+def _check_observations(path: str, policy: VLAActorCriticPolicy, env_args: dict[str, Any]) -> None:
+    from vla_gym.envs.pick_env import make_observation_space
+
+    wanted = {k: s.shape for k, s in policy.observation_space.spaces.items()}
+    given = {k: s.shape for k, s in make_observation_space(env_args["env_config"]["image_size"]).spaces.items()}
+    if wanted != given:
+        raise CheckpointError(
+            f"checkpoint {path!r} was trained on observations shaped {wanted}, but {env_args['env_name']} with "
+            f"{env_args['env_kwargs']} gives {given}"
+        )
+
+
+def _check_resumable(path: Path, saved: dict[str, Any], config: PPOConfig) -> None:
+    differ = resume_differences(saved, config.to_dict(), RESUMABLE_CHANGES)
+    if differ:
+        raise CheckpointError(f"cannot resume {str(path)!r} with another config: " + "; ".join(differ))
+
+
+def _better(record: dict[str, Any], best: dict[str, Any]) -> bool:
+    """Higher eval success wins; at equal success, shorter episodes (PPO optimises speed)."""
+    if not best:
+        return True
+    if record["success_rate"] != best["success_rate"]:
+        return record["success_rate"] > best["success_rate"]
+    return record["mean_length"] < best["mean_length"]

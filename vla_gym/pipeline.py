@@ -1,0 +1,392 @@
+"""``train-agent``: scripted demos -> behaviour cloning -> PPO fine-tuning -> evaluation report.
+
+:func:`train_agent` runs four stages into one run directory::
+
+    out/demos.h5              vla-gym collect       (scripted expert, HDF5)
+    out/bc/                   vla-gym train-bc      (policy.pt, last.pt, tb/, metrics.jsonl)
+    out/ppo/                  vla-gym train-ppo     (policy.pt, last.pt, tb/, metrics.jsonl)
+    out/eval/<policy>_<split>.json                  (one file per policy and instruction split)
+    out/report.md, report.json, learning_curve.png, final_policy.mp4
+
+Each stage records itself in ``out/stages.json`` when it completes and is skipped on the
+next run; BC and PPO resume from their ``last.pt`` at the step where they stopped, and
+the evaluation from the cells already written. A run directory belongs to one config:
+running another preset into it is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from vla_gym.fileio import atomic_write_text
+
+#: Evaluation seeds of the report: the same block as the BC benchmark, used by no training
+#: stage (demos use 0+, BC rollout checks 10000000+, PPO's checkpoint choice 300000+).
+REPORT_SEED = 100_000
+POLICIES = ("scripted", "random", "bc", "bc+ppo")
+SPLITS = ("train", "test")
+STAGES = ("demos", "bc", "ppo", "evaluation")
+VIDEO_FILE = "final_policy.mp4"
+#: Fields of the config that may change when a run is continued.
+RESUMABLE_CHANGES = frozenset({"device", "progress", "eval_workers"})
+
+#: ``quick`` runs in minutes on a laptop CPU (a smoke test of the whole pipeline);
+#: ``full`` is the configuration behind the figures in benchmarks/RESULTS.md.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "demo_episodes": 150,
+        "bc": {"epochs": 25, "rollout_every": 0},
+        # From a weak BC policy (~50 %), 16k PPO steps are noisy: the critic's gradient is kept
+        # out of the trunk and a decaying BC term anchors the actor (see benchmarks/RESULTS.md).
+        "ppo": {"timesteps": 16384, "n_envs": 4, "n_steps": 256, "batch_size": 256, "eval_every": 4096,
+                "eval_episodes": 30, "detach_critic": True, "bc_coef": 0.1, "bc_decay": 0.95},
+        "eval_episodes": 50,
+    },
+    "full": {
+        "demo_episodes": 1000,
+        "bc": {"epochs": 20, "rollout_every": 2, "rollout_episodes": 30},
+        "ppo": {"timesteps": 102_400, "n_envs": 8, "n_steps": 256, "batch_size": 256, "eval_every": 10_240,
+                "eval_episodes": 100},
+        "eval_episodes": 200,
+    },
+}
+
+
+@dataclass
+class AgentConfig:
+    """A ``train-agent`` run.
+
+    Args:
+        out: run directory.
+        preset: name of the preset the stage settings came from (for the report).
+        env_id: env of every stage.
+        demo_episodes: expert episodes to collect.
+        demo_workers: collection worker processes.
+        bc: :class:`~vla_gym.agents.bc.BCConfig` fields (besides data, out, device, seed).
+        ppo: :class:`~vla_gym.agents.ppo.PPOConfig` fields (besides init, out, env, device, seed).
+        eval_episodes: episodes per policy and instruction split in the report.
+        eval_seed: first report seed.
+        eval_workers: evaluation worker processes.
+        video_episodes: episodes of the final policy in ``final_policy.mp4``.
+        device: torch device for BC and PPO ("auto": CUDA when present).
+        seed: seeds collection, BC and PPO.
+        progress: show progress bars.
+    """
+
+    out: str = "runs/agent"
+    preset: str = "custom"
+    env_id: str = "VLAPick-v0"
+    demo_episodes: int = 1000
+    demo_workers: int = 2
+    bc: dict[str, Any] = field(default_factory=dict)
+    ppo: dict[str, Any] = field(default_factory=dict)
+    eval_episodes: int = 200
+    eval_seed: int = REPORT_SEED
+    eval_workers: int = 2
+    video_episodes: int = 2
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("demo_episodes", "eval_episodes", "eval_workers"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("demo_workers", "video_episodes", "eval_seed"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name, reserved in (("bc", {"data", "out", "device", "seed", "resume", "progress"}),
+                               ("ppo", {"init", "out", "env_id", "device", "seed", "resume", "progress"})):
+            clash = sorted(reserved & set(getattr(self, name)))
+            if clash:
+                raise ValueError(f"{name} settings {clash} are set by train-agent itself; remove them")
+        # Build the stage configs once, so a bad field fails now rather than after the demos.
+        self.bc_config(Path(self.out))
+        self.ppo_config(Path(self.out))
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> "AgentConfig":
+        if preset not in PRESETS:
+            raise ValueError(f"preset={preset!r} is not available; choose one of {sorted(PRESETS)}")
+        settings = json.loads(json.dumps(PRESETS[preset]))
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(preset=preset, **settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def bc_config(self, out: Path):
+        from vla_gym.agents.bc import BCConfig
+
+        return BCConfig(
+            data=str(out / "demos.h5"), out=str(out / "bc"), env_id=self.env_id, device=self.device,
+            seed=self.seed, resume=True, progress=self.progress, **self.bc,
+        )
+
+    def ppo_config(self, out: Path):
+        from vla_gym.agents.ppo import PPOConfig
+
+        return PPOConfig(
+            init=str(out / "bc" / "policy.pt"), out=str(out / "ppo"), env_id=self.env_id, device=self.device,
+            seed=self.seed, resume=True, progress=self.progress, **self.ppo,
+        )
+
+
+class _Stages:
+    """``out/stages.json``: which stages are done, their wall-clock seconds (summed over
+    attempts, so a resumed stage counts all its work) and a one-line summary."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
+
+    def done(self, stage: str) -> bool:
+        return bool(self.data.get(stage, {}).get("done"))
+
+    def record(self, stage: str, seconds: float, done: bool, summary: str = "") -> None:
+        entry = self.data.setdefault(stage, {"seconds": 0.0, "attempts": 0, "done": False, "summary": ""})
+        entry["seconds"] += seconds
+        entry["attempts"] += 1
+        entry["done"] = done
+        if summary:
+            entry["summary"] = summary
+        atomic_write_text(self.path, json.dumps(self.data, indent=2) + "\n")
+
+
+def train_agent(config: AgentConfig) -> dict[str, Any]:
+    """Run (or continue) every stage and write the report; returns the report dict."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _claim_run_directory(out, config)
+    stages = _Stages(out / "stages.json")
+    skipped: dict[str, bool] = {}
+    for stage, run in (("demos", _run_demos), ("bc", _run_bc), ("ppo", _run_ppo), ("evaluation", _run_evaluation)):
+        skipped[stage] = stages.done(stage)
+        if skipped[stage]:
+            _say(config, f"[train-agent] {stage}: complete already, skipped")
+            continue
+        _say(config, f"[train-agent] {stage} ...")
+        start = time.perf_counter()
+        try:
+            summary = run(config, out)
+        except BaseException:
+            stages.record(stage, time.perf_counter() - start, done=False)
+            raise
+        stages.record(stage, time.perf_counter() - start, done=True, summary=summary)
+        _say(config, f"[train-agent] {stage}: {summary} ({stages.data[stage]['seconds']:.0f} s)")
+    report = build_report(config, out, stages, skipped)
+    from vla_gym.report import write_report
+
+    write_report(out, report)
+    return report
+
+
+def _say(config: AgentConfig, text: str) -> None:
+    if config.progress:
+        print(text, flush=True)
+
+
+def _claim_run_directory(out: Path, config: AgentConfig) -> None:
+    """Write ``out/agent_config.json``, or check that the run there used this config."""
+    from vla_gym.agents.checkpoint import resume_differences
+
+    path = out / "agent_config.json"
+    if path.exists():
+        differ = resume_differences(json.loads(path.read_text()), config.to_dict(), RESUMABLE_CHANGES)
+        if differ:
+            raise ValueError(
+                f"{str(out)!r} holds a train-agent run with another config ({'; '.join(differ)}); "
+                "use another --out, or delete that directory to start over"
+            )
+    atomic_write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def _run_demos(config: AgentConfig, out: Path) -> str:
+    from vla_gym.data.collect import CollectConfig, collect_demos
+
+    result = collect_demos(
+        CollectConfig(out=str(out / "demos.h5"), env_id=config.env_id, episodes=config.demo_episodes,
+                      workers=config.demo_workers, seed=config.seed),
+        progress=config.progress,
+    )
+    return result.summary()
+
+
+def _run_bc(config: AgentConfig, out: Path) -> str:
+    from vla_gym.agents.bc import train_bc
+
+    result = train_bc(config.bc_config(out))
+    rollout = result.best.get("rollout_success_rate")
+    return (
+        f"{result.steps} steps, {result.epochs} epochs, {result.samples_per_second:.0f} samples/s"
+        + (f", best rollout success {rollout:.0%}" if rollout is not None else "")
+    )
+
+
+def _run_ppo(config: AgentConfig, out: Path) -> str:
+    from vla_gym.agents.ppo import train_ppo
+
+    result = train_ppo(config.ppo_config(out))
+    return (
+        f"{result.timesteps} env steps, {result.steps_per_second:.0f} env steps/s including updates "
+        f"(this attempt), best eval success {result.best.get('success_rate', float('nan')):.0%}"
+    )
+
+
+def _policy_spec(name: str, out: Path) -> str:
+    return {"bc": str(out / "bc" / "policy.pt"), "bc+ppo": str(out / "ppo" / "policy.pt")}.get(name, name)
+
+
+def _cell_path(out: Path, policy: str, split: str) -> Path:
+    return out / "eval" / f"{policy.replace('+', '_')}_{split}.json"
+
+
+def _evaluate_cell(task: dict[str, Any]) -> str:
+    """One policy on one instruction split (run in a worker process)."""
+    import torch
+
+    from vla_gym.evaluation import run_evaluation
+
+    torch.set_num_threads(1)  # the workers share the cores
+    run_evaluation(
+        task["spec"], env_id=task["env_id"], episodes=task["episodes"], seed=task["seed"],
+        json_path=task["json"], video_path=task["video"], video_episodes=task["video_episodes"],
+        device="cpu", env_kwargs={"instruction_split": task["split"]}, progress=False,
+    )
+    return task["json"]
+
+
+def _run_evaluation(config: AgentConfig, out: Path) -> str:
+    tasks = []
+    for policy in POLICIES:
+        for split in SPLITS:
+            path = _cell_path(out, policy, split)
+            if path.exists():
+                continue  # written by an earlier, interrupted attempt
+            record_video = policy == "bc+ppo" and split == "train" and config.video_episodes > 0
+            tasks.append({
+                "spec": _policy_spec(policy, out), "env_id": config.env_id, "episodes": config.eval_episodes,
+                "seed": config.eval_seed, "json": str(path), "split": split,
+                "video": str(out / VIDEO_FILE) if record_video else None, "video_episodes": max(config.video_episodes, 1),
+            })
+    (out / "eval").mkdir(exist_ok=True)
+    # The slowest cells (the network policies and random's full-length episodes) first.
+    tasks.sort(key=lambda t: t["spec"] == "scripted")
+    if config.eval_workers > 1 and len(tasks) > 1:
+        import multiprocessing
+
+        with ProcessPoolExecutor(config.eval_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for path in _progress(pool.map(_evaluate_cell, tasks), len(tasks), config.progress):
+                pass
+    else:
+        for task in _progress(tasks, len(tasks), config.progress):
+            _evaluate_cell(task)
+    return f"{len(POLICIES)} policies x {len(SPLITS)} splits x {config.eval_episodes} episodes"
+
+
+def _progress(items, total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, total=total, desc="evaluate", unit="cell", disable=not enabled)
+
+
+def _read_cell(out: Path, policy: str, split: str) -> dict[str, Any]:
+    data = json.loads(_cell_path(out, policy, split).read_text())
+    return {
+        "policy": policy, "split": split, "episodes": data["episodes"], "successes": data["successes"],
+        "success_rate": data["success_rate"], "ci_low": data["ci95"][0], "ci_high": data["ci95"][1],
+        "mean_length": data["mean_length"], "source": data["metadata"]["policy"],
+    }
+
+
+def build_report(config: AgentConfig, out: Path, stages: _Stages, skipped: dict[str, bool]) -> dict[str, Any]:
+    """The report dict (see :func:`vla_gym.report.validate_report`) from the files of the run."""
+    from vla_gym.agents.checkpoint import read_checkpoint, resolve_device
+    from vla_gym.hardware import hardware_dict
+    from vla_gym.report import LEARNING_CURVE_FILE, collapse_summary, plot_learning_curve
+
+    history = read_checkpoint(out / "ppo" / "last.pt")["meta"]["history"]
+    curve = [
+        {k: r[k] for k in ("timesteps", "success_rate", "ci_low", "ci_high", "mean_length", "episodes", "successes")}
+        for r in history
+    ]
+    bc_level = curve[0]["success_rate"] if curve else None
+    curve_file = None
+    if curve:
+        plot_learning_curve(curve, bc_level, out / LEARNING_CURVE_FILE)
+        curve_file = LEARNING_CURVE_FILE
+    results = [_read_cell(out, p, s) for p in POLICIES for s in SPLITS]
+    ppo = config.ppo_config(out)
+    stage_table = {
+        name: {"seconds": stages.data[name]["seconds"], "skipped": skipped.get(name, False),
+               "summary": stages.data[name].get("summary", ""), "attempts": stages.data[name]["attempts"]}
+        for name in STAGES
+    }
+    notes = [
+        f"The PPO learning curve is measured on its own {ppo.eval_episodes} seeds from {ppo.eval_seed} "
+        f"(which pick the kept checkpoint); the table above uses seeds {config.eval_seed}+, which no stage trains "
+        "or selects on.",
+        "bc+ppo is the PPO checkpoint with the best learning-curve success (then the shortest episodes).",
+    ]
+    return {
+        "title": "vla_gym train-agent report",
+        "preset": config.preset,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "env_id": config.env_id,
+        "env_kwargs": {},
+        "hardware": hardware_dict(),
+        "device": resolve_device(config.device).type,
+        "eval": {"episodes": config.eval_episodes, "seed_first": config.eval_seed,
+                 "seed_last": config.eval_seed + config.eval_episodes - 1, "splits": list(SPLITS)},
+        "results": results,
+        "learning_curve": curve,
+        "bc_level": bc_level,
+        "collapse": collapse_summary(curve, bc_level),
+        "stages": stage_table,
+        "total_seconds": sum(entry["seconds"] for entry in stage_table.values()),
+        "files": {
+            "learning_curve": curve_file,
+            "video": VIDEO_FILE if (out / VIDEO_FILE).exists() else None,
+            "demos": str(out / "demos.h5"),
+            "bc_policy": str(out / "bc" / "policy.pt"),
+            "ppo_policy": str(out / "ppo" / "policy.pt"),
+        },
+        "commands": _commands(config, out),
+        "notes": notes,
+    }
+
+
+def _commands(config: AgentConfig, out: Path) -> list[str]:
+    """The command that made this run, and the stage commands it is equivalent to."""
+    q = shlex.quote
+    main = f"train-agent --preset {config.preset} --out {q(str(out))} --device {config.device} --seed {config.seed}"
+    bc, ppo = config.bc_config(out), config.ppo_config(out)
+    return [
+        main,
+        "# the same stages one by one:",
+        f"vla-gym collect --env {config.env_id} --episodes {config.demo_episodes} --workers {config.demo_workers} "
+        f"--seed {config.seed} --out {q(bc.data)}",
+        f"vla-gym train-bc --data {q(bc.data)} --out {q(bc.out)} --epochs {bc.epochs} --batch-size {bc.batch_size} "
+        f"--rollout-every {bc.rollout_every} --rollout-episodes {bc.rollout_episodes} --seed {config.seed}",
+        f"vla-gym train-ppo --init {q(ppo.init)} --env {ppo.env_id} --timesteps {ppo.timesteps} --n-envs {ppo.n_envs} "
+        f"--n-steps {ppo.n_steps} --batch-size {ppo.batch_size} --eval-every {ppo.eval_every} "
+        f"--eval-episodes {ppo.eval_episodes} --seed {config.seed}"
+        + (" --detach-critic" if ppo.detach_critic else "")
+        + (f" --bc-coef {ppo.bc_coef} --bc-decay {ppo.bc_decay}" if ppo.bc_coef else "")
+        + f" --out {q(ppo.out)}",
+        *(
+            f"vla-gym evaluate --policy {q(_policy_spec(p, out))} --env {config.env_id} "
+            f"--env-kwargs '{{\"instruction_split\": \"{s}\"}}' --episodes {config.eval_episodes} "
+            f"--seed {config.eval_seed} --json {q(str(_cell_path(out, p, s)))}"
+            for p in POLICIES for s in SPLITS
+        ),
+    ]
+
