@@ -38,9 +38,21 @@ def test_collect_train_evaluate_end_to_end(tmp_path, capsys):
     assert "success" in out and report.exists()
 
 
+def test_train_ppo_from_a_bc_checkpoint(bc_checkpoint, tmp_path, capsys):
+    out = tmp_path / "ppo"
+    argv = ["train-ppo", "--init", bc_checkpoint, "--timesteps", "128", "--n-envs", "2", "--vec-env", "dummy",
+            "--n-steps", "64", "--batch-size", "64", "--eval-every", "64", "--eval-episodes", "1",
+            "--critic-warmup-rollouts", "1", "--device", "cpu", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert "128 env steps" in capsys.readouterr().out
+    assert (out / "policy.pt").exists() and (out / "last.pt").exists()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["train-ppo", "--init", "missing.pt", "--device", "cpu"], "does not exist"),
+        (["train-ppo", "--batch-size", "4096", "--n-envs", "2", "--n-steps", "64"], "larger than a rollout"),
         (["collect", "--episodes", "0", "--out", "x.h5"], "episodes must be >= 1"),
         (["collect", "--env-kwargs", "[1]", "--out", "x.h5"], "JSON object"),
         (["train-bc", "--data", "missing.h5", "--device", "cpu"], "does not exist"),
