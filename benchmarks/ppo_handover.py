@@ -36,7 +36,7 @@ from report import machine_description, markers, write_section
 
 from vla_gym.agents.ppo import PPOConfig, train_ppo
 from vla_gym.fileio import atomic_write_bytes
-from vla_gym.report import COLLAPSE_THRESHOLD_POINTS
+from vla_gym.report import COLLAPSE_THRESHOLD_POINTS, collapse_summary
 
 SECTION = "ppo_handover"
 SB3_LR = 3e-4  # stable-baselines3's PPO default learning rate
@@ -131,12 +131,11 @@ def main(argv: list[str] | None = None) -> None:
         steps = [r["timesteps"] for r in next(iter(curves.values()))]
         rows = []
         for name, history in curves.items():
-            level = history[0]["success_rate"]
-            low = min(r["success_rate"] for r in history)
-            drop = max(0.0, 100 * (level - low))
+            collapse = collapse_summary(history, history[0]["success_rate"])
             cells = " | ".join(f"{100 * r['success_rate']:.0f}" for r in history)
-            verdict = "**collapse**" if drop > COLLAPSE_THRESHOLD_POINTS else "no"
-            rows.append(f"| {name} | {cells} | {100 * low:.0f} | {drop:.0f} | {verdict} | "
+            verdict = "**collapse**" if collapse["collapsed"] else "no"
+            rows.append(f"| {name} | {cells} | {100 * collapse['min_success_rate']:.0f} | "
+                        f"{collapse['max_drop_points']:.0f} | {verdict} | "
                         f"{history[-1]['mean_length']:.1f} |")
         start_marker, end_marker = markers(SECTION)
         command = "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])])
