@@ -89,6 +89,7 @@ class Measurement:
     steps: int  # timed steps
     seconds: float  # wall time of the timed loop
     episodes: int  # resets inside the timed loop
+    renderer: str = "tiny"  # the renderer that ran ("egl" falls back to "tiny" where it cannot load)
 
     @property
     def steps_per_s(self) -> float:
@@ -121,12 +122,14 @@ def _timed_loop(
     return Measurement(steps=done, seconds=time.perf_counter() - start, episodes=episodes)
 
 
-def bench_vlapick(warmup: int, steps: int, max_seconds: float, seed: int) -> Measurement:
+def bench_vlapick(
+    warmup: int, steps: int, max_seconds: float, seed: int, image_size: int = IMAGE_SIZE, renderer: str = "tiny"
+) -> Measurement:
     import gymnasium as gym
 
     import vla_gym  # noqa: F401  (registers the env ids)
 
-    env = gym.make(VLAPICK_ID)
+    env = gym.make(VLAPICK_ID, image_size=image_size, renderer=renderer)
     env.reset(seed=seed)
     env.action_space.seed(seed)
 
@@ -135,12 +138,15 @@ def bench_vlapick(warmup: int, steps: int, max_seconds: float, seed: int) -> Mea
         return terminated or truncated
 
     try:
-        return _timed_loop(step, lambda: env.reset(), warmup, steps, max_seconds)
+        m = _timed_loop(step, lambda: env.reset(), warmup, steps, max_seconds)
+        return dataclasses.replace(m, renderer=env.unwrapped.sim.renderer)
     finally:
         env.close()
 
 
-def bench_bare(warmup: int, steps: int, max_seconds: float, seed: int) -> Measurement:
+def bench_bare(
+    warmup: int, steps: int, max_seconds: float, seed: int, image_size: int = IMAGE_SIZE, renderer: str = "tiny"
+) -> Measurement:
     import numpy as np
     import pybullet as p
 
@@ -173,10 +179,10 @@ def bench_bare(warmup: int, steps: int, max_seconds: float, seed: int) -> Measur
         IK_ITERATIONS,
         Panda,
     )
-    from vla_gym.envs.scene import COLOURS, Scene, sample_object_specs
+    from vla_gym.envs.scene import Scene, sample_scene
 
-    # Static scene, built exactly as VLAPickEnv.__init__ builds it (lowpoly robot, tiny renderer).
-    sim = PyBulletSim(TIME_STEP, SOLVER_ITERATIONS, renderer="tiny")
+    # Static scene, built exactly as VLAPickEnv.__init__ builds it (lowpoly robot).
+    sim = PyBulletSim(TIME_STEP, SOLVER_ITERATIONS, renderer=renderer)
     scene = Scene(sim)
     robot = Panda(sim, mesh="lowpoly")
     robot.reset()
@@ -210,7 +216,7 @@ def bench_bare(warmup: int, steps: int, max_seconds: float, seed: int) -> Measur
         )
 
     def reset() -> None:
-        specs = sample_object_specs(rng, int(rng.integers(num_objects_range[0], num_objects_range[1] + 1)), COLOURS)
+        specs, _ = sample_scene(rng, int(rng.integers(num_objects_range[0], num_objects_range[1] + 1)))
         scene.clear()
         c.restoreState(stateId=empty_state)
         robot.reset()  # once an episode: the timed per-step work below is raw PyBullet
@@ -238,33 +244,39 @@ def bench_bare(warmup: int, steps: int, max_seconds: float, seed: int) -> Measur
         for _ in range(SUBSTEPS):
             c.stepSimulation()
         _, _, rgba, zbuffer, _ = c.getCameraImage(
-            IMAGE_SIZE, IMAGE_SIZE, view, projection, renderer=p.ER_TINY_RENDERER, flags=p.ER_NO_SEGMENTATION_MASK
+            image_size, image_size, view, projection, renderer=sim.render_flag, flags=p.ER_NO_SEGMENTATION_MASK
         )
-        rgb = np.asarray(rgba, dtype=np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE, 4)[..., :3]
-        depth = zbuffer_to_metres(np.asarray(zbuffer, dtype=np.float32).reshape(IMAGE_SIZE, IMAGE_SIZE), near, far)
+        rgb = np.asarray(rgba, dtype=np.uint8).reshape(image_size, image_size, 4)[..., :3]
+        depth = zbuffer_to_metres(np.asarray(zbuffer, dtype=np.float32).reshape(image_size, image_size), near, far)
         state["obs"] = (rgb, depth)
         state["t"] += 1
         return state["t"] >= MAX_EPISODE_STEPS
 
     reset()
     try:
-        return _timed_loop(step, reset, warmup, steps, max_seconds)
+        m = _timed_loop(step, reset, warmup, steps, max_seconds)
+        return dataclasses.replace(m, renderer=sim.renderer)
     finally:
         sim.close()
 
 
-def bench_panda_gym(warmup: int, steps: int, max_seconds: float, seed: int) -> Measurement:
+def bench_panda_gym(
+    warmup: int, steps: int, max_seconds: float, seed: int, image_size: int = IMAGE_SIZE, renderer: str = "tiny"
+) -> Measurement:
+    """panda-gym renders with its TinyRenderer option here (its "OpenGL" one needs a GUI window)."""
     import gymnasium as gym
     import panda_gym  # noqa: F401  (registers the env ids)
 
-    env = gym.make(PANDA_GYM_ID, render_mode="rgb_array", render_width=IMAGE_SIZE, render_height=IMAGE_SIZE)
+    if renderer != "tiny":
+        raise ValueError("the panda-gym comparison runs with TinyRenderer only")
+    env = gym.make(PANDA_GYM_ID, render_mode="rgb_array", render_width=image_size, render_height=image_size)
     env.reset(seed=seed)
     env.action_space.seed(seed)
 
     def step() -> bool:
         _, _, terminated, truncated, _ = env.step(env.action_space.sample())
         frame = env.render()
-        assert frame.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+        assert frame.shape == (image_size, image_size, 3)
         return terminated or truncated
 
     try:
@@ -273,7 +285,7 @@ def bench_panda_gym(warmup: int, steps: int, max_seconds: float, seed: int) -> M
         env.close()
 
 
-WORKERS: dict[str, Callable[[int, int, float, int], Measurement]] = {
+WORKERS: dict[str, Callable[..., Measurement]] = {
     VLAPICK: bench_vlapick,
     BARE: bench_bare,
     PANDA_GYM: bench_panda_gym,
@@ -285,26 +297,27 @@ def panda_gym_installed() -> bool:
     return importlib.util.find_spec("panda_gym") is not None
 
 
+def worker_command(
+    name: str, result_path: str, steps: int, warmup: int, max_seconds: float, seed: int,
+    image_size: int = IMAGE_SIZE, renderer: str = "tiny",
+) -> list[str]:
+    """The command line of a worker subprocess that runs benchmark ``name`` and writes its
+    :class:`Measurement` as JSON to ``result_path``."""
+    return [
+        sys.executable, str(Path(__file__).resolve()), "--worker", name, "--result-file", result_path,
+        "--steps", str(steps), "--warmup", str(warmup), "--max-seconds", str(max_seconds), "--seed", str(seed),
+        "--image-size", str(image_size), "--renderer", renderer,
+    ]
+
+
 def run_worker(name: str, args: argparse.Namespace) -> Measurement:
     """Run one measurement in a fresh subprocess and return what it measured."""
     fd, result_path = tempfile.mkstemp(prefix=f"env_throughput_{name}_", suffix=".json")
     os.close(fd)
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--worker",
-        name,
-        "--result-file",
-        result_path,
-        "--steps",
-        str(args.steps),
-        "--warmup",
-        str(args.warmup),
-        "--max-seconds",
-        str(args.max_seconds),
-        "--seed",
-        str(args.seed),
-    ]
+    cmd = worker_command(
+        name, result_path, args.steps, args.warmup, args.max_seconds, args.seed,
+        getattr(args, "image_size", IMAGE_SIZE), getattr(args, "renderer", "tiny"),
+    )
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
         if proc.returncode != 0:
@@ -435,6 +448,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     # Internal: run a single benchmark in this process and write its result as JSON.
     parser.add_argument("--worker", choices=BENCHMARKS, help=argparse.SUPPRESS)
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help=argparse.SUPPRESS)
+    parser.add_argument("--renderer", default="tiny", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.repeats < 1 or args.max_seconds <= 0:
@@ -447,7 +462,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        m = WORKERS[args.worker](args.warmup, args.steps, args.max_seconds, args.seed)
+        m = WORKERS[args.worker](args.warmup, args.steps, args.max_seconds, args.seed, args.image_size, args.renderer)
         args.result_file.write_text(json.dumps(dataclasses.asdict(m)))
         return 0
 

@@ -152,6 +152,25 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _add_benchmark(sub: argparse._SubParsersAction) -> None:
+    from vla_gym.benchmark import BENCHMARK_SEED, SPLITS
+
+    p = sub.add_parser("benchmark", help="success rates of several policies over the generalisation splits")
+    p.add_argument("--policies", required=True,
+                   help="comma-separated: scripted, random, checkpoint paths, or label=path")
+    p.add_argument("--episodes", type=int, default=200, help="episodes per policy and split")
+    p.add_argument("--out", default="reports", help="directory of benchmark.md, benchmark.json, benchmark.png")
+    p.add_argument("--seed", type=int, default=BENCHMARK_SEED,
+                   help=f"first seed (default {BENCHMARK_SEED}: used by no training stage)")
+    p.add_argument("--splits", default=",".join(s.name for s in SPLITS), help="comma-separated split names")
+    p.add_argument("--env", default="VLAPick-v0", choices=sorted(ENV_IDS))
+    p.add_argument("--env-kwargs", type=_json_dict, default=None,
+                   help="JSON object of base env kwargs (not the split keys); image_size defaults to the checkpoints'")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--device", default="cpu", help="torch device of the network policies in the workers")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def _run(args: argparse.Namespace) -> None:
     if args.command == "render":
         text = render_observation(
@@ -213,13 +232,26 @@ def _run(args: argparse.Namespace) -> None:
         )
         print(f"{args.policy} on {args.env}: {result.summary()}")
         print(result.per_target_summary())
+    elif args.command == "benchmark":
+        from vla_gym.benchmark import BenchmarkConfig, run_benchmark
+
+        config = BenchmarkConfig(
+            policies=args.policies, out=args.out, episodes=args.episodes, seed=args.seed,
+            splits=[s.strip() for s in args.splits.split(",") if s.strip()], env_id=args.env,
+            env_kwargs=args.env_kwargs or {}, device=args.device, progress=not args.no_progress,
+            **({} if args.workers is None else {"workers": args.workers}),
+        )
+        report = run_benchmark(config)
+        print(f"{args.out}: benchmark.md, benchmark.json, benchmark.png ({report['seconds']:.0f} s)")
+        for label, by_split in report["results"].items():
+            print(f"  {label}: " + ", ".join(f"{split} {cell['success_rate']:.1%}" for split, cell in by_split.items()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vla-gym", description=vla_gym.__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"vla-gym {vla_gym.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_render, _add_collect, _add_train_bc, _add_train_ppo, _add_evaluate):
+    for add in (_add_render, _add_collect, _add_train_bc, _add_train_ppo, _add_evaluate, _add_benchmark):
         add(sub)
     args = parser.parse_args(argv)
     try:

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from vla_gym.agents.network import TARGET_OFFSET_SCALE, NetworkConfig, VLAActorC
 from vla_gym.data.augment import AugmentConfig, augment_batch
 from vla_gym.fileio import append_jsonl, atomic_write_text
 from vla_gym.data.dataset import DemoDataset, check_env_matches, collate_batch
+from vla_gym.data.format import held_out_splits
 
 OBS_KEYS = ("rgb", "depth", "proprio", "instruction")
 #: Fields that may change between a run and its resumption (they do not change the result).
@@ -291,6 +293,13 @@ def train_bc(config: BCConfig) -> BCResult:
 
     out = Path(config.out)
     env_args = check_env_matches(config.data, config.env_id, config.env_kwargs)
+    held_out = held_out_splits(env_args["env_config"])
+    if held_out:
+        warnings.warn(
+            f"{config.data!r} was collected with {', '.join(held_out)}: the benchmark's held-out splits are then "
+            "seen in training",
+            stacklevel=2,
+        )
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     train_set = DemoDataset(

@@ -6,6 +6,7 @@ import json
 import math
 import multiprocessing as mp
 import time
+import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -16,7 +17,7 @@ import h5py
 import numpy as np
 
 import vla_gym
-from vla_gym.data.format import FORMAT_VERSION, OBS_KEYS, STATE_KEYS, demo_name, env_args
+from vla_gym.data.format import FORMAT_VERSION, OBS_KEYS, STATE_KEYS, demo_name, env_args, held_out_splits
 from vla_gym.fileio import atomic_path
 
 #: Second entry of the expert-noise seed ``[episode_seed, NOISE_STREAM]``, so the noise
@@ -66,7 +67,13 @@ class CollectConfig:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must lie in [0, 1), got {self.valid_fraction}")
-        env_args(self.env_id, self.env_kwargs)  # unknown ids and kwargs fail here, before any work
+        held_out = held_out_splits(env_args(self.env_id, self.env_kwargs)["env_config"])  # bad kwargs fail here
+        if held_out:
+            warnings.warn(
+                f"collecting demos with {', '.join(held_out)}: the benchmark's held-out splits would then be "
+                "seen in training (the default is 'train')",
+                stacklevel=3,
+            )
 
 
 @dataclass
@@ -138,6 +145,7 @@ def _record_episode(seed: int) -> dict[str, Any]:
             "target_shape": info["target"]["shape"],
             "seed": seed,
             "success": bool(info["is_success"]),
+            "camera": json.dumps(env.unwrapped.agent_camera.to_dict()),
         },
     }
 

@@ -15,7 +15,8 @@ Layout (``T`` = steps of an episode, ``S`` = image side)::
     data/demo_<i>/rewards          float32 (T,)
     data/demo_<i>/dones            uint8   (T,)           1 on the step that ended the episode
                                    attrs: num_samples, instruction, target_colour, target_shape,
-                                          seed, success
+                                          seed, success, camera (JSON: the agent camera's
+                                          pose, which moves under camera_jitter)
     mask/train, mask/valid         bytes   episode names, split by episode (never by frame)
 
 ``obs[t]`` is the observation the action ``actions[t]`` was chosen from.
@@ -44,6 +45,7 @@ from vla_gym.data.format import (
     env_config_dict,
 )
 from vla_gym.envs.pick_env import AGENT_CAMERA
+from vla_gym.envs.pybullet_sim import Camera
 
 SPLITS = ("train", "valid", "all")
 
@@ -185,16 +187,21 @@ class DemoDataset(Dataset):
             self.episodes = names
             self.lengths = np.array([int(data[n].attrs["num_samples"]) for n in names], dtype=np.int64)
             self.targets = [(str(data[n].attrs["target_colour"]), str(data[n].attrs["target_shape"])) for n in names]
+            self.cameras = [_episode_camera(data[n]) for n in names]
             self.returns = np.concatenate(
                 [discounted_returns(data[n]["rewards"][()], gamma) for n in names] or [np.zeros(0, np.float32)]
             )
             self.image_size = int(self.env_args["env_config"]["image_size"])
+            self.starts = np.concatenate([[0], np.cumsum(self.lengths)])
             self._memory = _read_all(data, names) if in_memory else None
             if self._memory is not None:
                 targets = self._memory.pop("target_positions")
                 self._memory["target_offset"] = targets - self._memory["proprio"][:, :3]
-                self._memory["target_uv"] = image_coordinates(targets, self.image_size)
-        self.starts = np.concatenate([[0], np.cumsum(self.lengths)])
+                self._memory["target_uv"] = np.concatenate(
+                    [image_coordinates(targets[a:b], self.image_size, camera)
+                     for a, b, camera in zip(self.starts[:-1], self.starts[1:], self.cameras)]
+                    or [np.zeros((0, 2), np.float32)]
+                )
         self._handle: h5py.File | None = None
         self._handle_pid: int | None = None
         self._rng: np.random.Generator | None = None
@@ -219,7 +226,7 @@ class DemoDataset(Dataset):
             item["action"] = demo["actions"][step]
             target = demo["states/target_positions"][step]
             item["target_offset"] = target - item["proprio"][:3]
-            item["target_uv"] = image_coordinates(target, self.image_size)
+            item["target_uv"] = image_coordinates(target, self.image_size, self.cameras[episode])
         item = {k: np.array(v) for k, v in item.items()}
         item["return"] = np.float32(self.returns[index])
         if self.paraphrase_prob > 0 and self._generator().random() < self.paraphrase_prob:
@@ -306,10 +313,17 @@ def _read_all(data: h5py.Group, names: Sequence[str]) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def image_coordinates(points: np.ndarray, image_size: int) -> np.ndarray:
-    """Where world points (..., 3) appear in the agent camera's image, float32 (..., 2):
+def _episode_camera(demo: h5py.Group) -> Camera:
+    """The agent camera an episode was recorded with (files without one: the fixed camera)."""
+    if "camera" not in demo.attrs:
+        return AGENT_CAMERA
+    return Camera.from_dict(json.loads(demo.attrs["camera"]))
+
+
+def image_coordinates(points: np.ndarray, image_size: int, camera: Camera = AGENT_CAMERA) -> np.ndarray:
+    """Where world points (..., 3) appear in ``camera``'s image, float32 (..., 2):
     x (column) and y (row) scaled to [-1, 1] over the pixel centres, as the network's grid."""
-    pixels = AGENT_CAMERA.project(points, image_size, image_size)
+    pixels = camera.project(points, image_size, image_size)
     return (pixels * 2 / (image_size - 1) - 1).astype(np.float32)
 
 

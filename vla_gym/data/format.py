@@ -15,7 +15,7 @@ OBS_KEYS = ("rgb", "depth", "proprio", "instruction")
 #: Privileged simulator state per step (not observations; for auxiliary losses and analysis).
 STATE_KEYS = ("target_positions",)
 EPISODE_KEYS = ("actions", "rewards", "dones")
-EPISODE_ATTRS = ("num_samples", "instruction", "target_colour", "target_shape", "seed", "success")
+EPISODE_ATTRS = ("num_samples", "instruction", "target_colour", "target_shape", "seed", "success", "camera")
 
 
 class DatasetError(ValueError):
@@ -39,6 +39,15 @@ def env_args(env_id: str, env_kwargs: dict[str, Any] | None = None) -> dict[str,
         "env_kwargs": dict(env_kwargs or {}),
         "env_config": env_config_dict(env_id, env_kwargs),
     }
+
+
+#: Env kwargs whose "test" side is held out of training for the benchmark.
+HELD_OUT_SPLIT_KEYS = ("instruction_split", "object_split")
+
+
+def held_out_splits(env_config: dict[str, Any]) -> list[str]:
+    """``"key='test'"`` for each held-out split an env config uses (empty on the train splits)."""
+    return [f"{key}={env_config[key]!r}" for key in HELD_OUT_SPLIT_KEYS if env_config.get(key, "train") != "train"]
 
 
 def demo_name(index: int) -> str:

@@ -18,7 +18,7 @@ from vla_gym.envs.language import (
 )
 from vla_gym.envs.pybullet_sim import RENDERERS, Camera, PyBulletSim, zbuffer_to_metres
 from vla_gym.envs.robot import ROBOT_MESHES, Panda
-from vla_gym.envs.scene import COLOURS, Scene, index_of_colour, sample_object_specs
+from vla_gym.envs.scene import OBJECT_SPLITS, Scene, index_of_colour, sample_scene
 from vla_gym.envs.task import REWARD_TYPES, PickTask
 
 TIME_STEP = 1.0 / 200.0  # s, physics step
@@ -38,6 +38,8 @@ PROPRIO_LOW = np.array([-1.0, -1.0, -0.5, -5.0, -5.0, -5.0, 0.0, -1.0], dtype=np
 PROPRIO_HIGH = np.array([1.5, 1.0, 1.5, 5.0, 5.0, 5.0, 0.1, 1.0], dtype=np.float32)
 MIN_OBJECTS, MAX_OBJECTS = 2, 6
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 512
+#: Largest ``camera_jitter`` allowed: shift (m per axis) and rotation (degrees per axis).
+MAX_CAMERA_SHIFT, MAX_CAMERA_ROTATION_DEG = 0.2, 30.0
 
 #: The agent's camera: in front of the table, looking back at the robot over the objects.
 AGENT_CAMERA = Camera(eye=(1.05, 0.0, 0.65), target=(0.5, 0.0, 0.12), fov_deg=55.0, near=0.1, far=2.0)
@@ -57,7 +59,14 @@ class VLAPickConfig:
         num_objects: objects on the table, an int or an inclusive (min, max) range drawn
             per episode; each between 2 and 6.
         reward_type: "sparse" or "dense".
-        instruction_split: "train" or "test" instruction templates and synonyms.
+        instruction_split: "train" or "test" instruction templates and synonyms
+            (:mod:`vla_gym.envs.language`).
+        object_split: "train" (only the seen colour-shape combinations) or "test" (at
+            least one held-out combination, and the goal is one; see
+            :data:`vla_gym.envs.scene.HELD_OUT_COMBINATIONS`).
+        camera_jitter: ``(shift_m, rotation_deg)``: at each reset the agent camera moves
+            by up to ``shift_m`` metres along each world axis and turns by up to
+            ``rotation_deg`` degrees about each, uniformly; 0 (default) keeps it fixed.
         robot_mesh: "lowpoly" (fast) or "full" (the stock visual meshes).
         renderer: "tiny" (CPU TinyRenderer) or "egl" (GPU, falls back to "tiny").
     """
@@ -66,6 +75,8 @@ class VLAPickConfig:
     num_objects: int | tuple[int, int] = (3, 5)
     reward_type: str = "sparse"
     instruction_split: str = "train"
+    object_split: str = "train"
+    camera_jitter: float | tuple[float, float] = (0.0, 0.0)
     robot_mesh: str = "lowpoly"
     renderer: str = "tiny"
 
@@ -84,9 +95,11 @@ class VLAPickConfig:
                 f"with {MIN_OBJECTS} <= min <= max <= {MAX_OBJECTS}"
             )
         self.num_objects = bounds
+        self.camera_jitter = _check_camera_jitter(self.camera_jitter)
         for name, allowed in (
             ("reward_type", REWARD_TYPES),
             ("instruction_split", INSTRUCTION_SPLITS),
+            ("object_split", OBJECT_SPLITS),
             ("robot_mesh", ROBOT_MESHES),
             ("renderer", RENDERERS),
         ):
@@ -100,6 +113,23 @@ class VLAPickConfig:
         if unknown:
             raise TypeError(f"unknown VLAPick kwargs {unknown}; allowed: {known} and render_mode")
         return cls(**kwargs)
+
+
+def _check_camera_jitter(value: Any) -> tuple[float, float]:
+    """``camera_jitter`` as ``(shift_m, rotation_deg)``; 0 means no jitter."""
+    pair = (0.0, 0.0) if isinstance(value, (int, float, np.number)) and value == 0 else value
+    try:
+        shift, rotation = (float(v) for v in pair)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"camera_jitter={value!r} must be 0 or a (shift_m, rotation_deg) pair, e.g. (0.02, 2.0)"
+        ) from None
+    if not (0.0 <= shift <= MAX_CAMERA_SHIFT and 0.0 <= rotation <= MAX_CAMERA_ROTATION_DEG):
+        raise ValueError(
+            f"camera_jitter={value!r}: shift must lie in [0, {MAX_CAMERA_SHIFT}] m and rotation in "
+            f"[0, {MAX_CAMERA_ROTATION_DEG}] degrees"
+        )
+    return shift, rotation
 
 
 def make_action_space() -> spaces.Box:
@@ -168,15 +198,36 @@ class VLAPickEnv(gym.Env):
     (``ValueError`` listing the colours present if there is none); ``instruction``
     replaces the generated text. The scene depends on the seed alone.
 
+    ## Generalisation splits
+    Four kwargs set how far the episodes lie from the training distribution; training
+    (``vla-gym collect``, BC, PPO) uses the defaults, and ``vla-gym benchmark`` sweeps them:
+    - ``instruction_split="train"|"test"``: "test" instructions use templates, verbs and
+      shape nouns that no "train" instruction uses (colour words are shared);
+    - ``object_split="train"|"test"``: 7 of the 21 colour-shape combinations (one per
+      colour, :data:`vla_gym.envs.scene.HELD_OUT_COMBINATIONS`) never appear in a "train"
+      scene; a "test" scene holds at least one of them and its goal is one of them
+      (distractors may be any combination);
+    - ``num_objects``: 2 to 6, or a (min, max) range drawn per episode, to sweep clutter;
+    - ``camera_jitter=(shift_m, rotation_deg)``: the agent camera is moved by up to
+      ``shift_m`` metres along each world axis and turned by up to ``rotation_deg``
+      degrees about each at every reset (default 0: fixed). The jitter is drawn after the
+      scene, so a seed gives the same scene and instruction with or without it; the
+      episode's camera is ``env.unwrapped.agent_camera``.
+    The ``target`` reset option may name any object of the scene, held out or not.
+
     ## Arguments
     See :class:`VLAPickConfig`: ``image_size``, ``num_objects``, ``reward_type``,
-    ``instruction_split``, ``robot_mesh``, ``renderer``; and ``render_mode`` in
-    ``{"rgb_array", "human"}``.
+    ``instruction_split``, ``object_split``, ``camera_jitter``, ``robot_mesh``,
+    ``renderer``; and ``render_mode`` in ``{"rgb_array", "human"}``.
 
     ## Version History
     - v0: initial release. Before any tag, the simulator was made to sort PyBullet's
       overlapping pairs, so an episode no longer depends on the episodes an env ran before
-      it (contact-rich episodes collected with earlier commits can differ).
+      it (contact-rich episodes collected with earlier commits can differ). Later, also
+      before a tag: ``object_split`` and ``camera_jitter`` were added; the default
+      ``object_split="train"`` no longer draws the held-out combinations, so a seed's
+      scene differs from earlier commits (demo files record the full env config, and
+      older ones are refused by training with the differing fields named).
     """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": round(1.0 / CONTROL_PERIOD)}
@@ -200,6 +251,8 @@ class VLAPickEnv(gym.Env):
         # depends on the ones before it (contact caches included).
         self.robot.reset()
         self._empty_state = self.sim.save_state()
+        #: The agent camera of the current episode (moved at each reset under ``camera_jitter``).
+        self.agent_camera = AGENT_CAMERA
         self._view = AGENT_CAMERA.view_matrix()
         self._projection = AGENT_CAMERA.projection_matrix(1.0)
         self._viewer_view = VIEWER_CAMERA.view_matrix()
@@ -216,8 +269,7 @@ class VLAPickEnv(gym.Env):
             raise ValueError(f"unknown reset options {unknown}; allowed: {list(RESET_OPTIONS)}")
         rng = self.np_random
         low, high = self.config.num_objects
-        specs = sample_object_specs(rng, int(rng.integers(low, high + 1)), COLOURS)
-        target_index = int(rng.integers(len(specs)))
+        specs, target_index = sample_scene(rng, int(rng.integers(low, high + 1)), self.config.object_split)
         if options.get("target") is not None:
             target_index = index_of_colour(specs, options["target"])
         target = specs[target_index]
@@ -226,6 +278,10 @@ class VLAPickEnv(gym.Env):
         if options.get("instruction") is not None:
             text = options["instruction"]
         instruction_bytes = encode_instruction(text)  # validates before the sim is touched
+        # Drawn last and only when asked for: the same seed gives the same scene with or without jitter.
+        shift, rotation = self.config.camera_jitter
+        self.agent_camera = AGENT_CAMERA.jittered(rng, shift, rotation) if shift or rotation else AGENT_CAMERA
+        self._view = self.agent_camera.view_matrix()
         self.scene.clear()
         self.sim.restore_state(self._empty_state)
         self.robot.reset()

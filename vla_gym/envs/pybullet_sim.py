@@ -6,6 +6,7 @@ so the robot, the scene and the task never hold a raw client id.
 
 from __future__ import annotations
 
+import dataclasses
 import pkgutil
 import warnings
 from dataclasses import dataclass
@@ -38,6 +39,34 @@ class Camera:
     def projection_matrix(self, aspect: float) -> tuple[float, ...]:
         return p.computeProjectionMatrixFOV(self.fov_deg, aspect, self.near, self.far)
 
+    def jittered(self, rng: np.random.Generator, shift_m: float, rotation_deg: float) -> "Camera":
+        """This camera moved by up to ``shift_m`` metres along each world axis and turned by
+        up to ``rotation_deg`` degrees about each world axis (uniform draws from ``rng``).
+
+        The viewing direction and the up vector turn together (a rigid camera motion); the
+        field of view and depth range stay. Always draws six numbers.
+        """
+        shift = rng.uniform(-shift_m, shift_m, size=3)
+        angles = np.radians(rng.uniform(-rotation_deg, rotation_deg, size=3))
+        rotation = _rotation_xyz(angles)
+        eye = np.asarray(self.eye) + shift
+        forward = rotation @ (np.asarray(self.target) - np.asarray(self.eye))
+        up = rotation @ np.asarray(self.up)
+        return dataclasses.replace(
+            self,
+            eye=tuple(float(v) for v in eye),
+            target=tuple(float(v) for v in eye + forward),
+            up=tuple(float(v) for v in up),
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready fields (for storing the camera of an episode)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> "Camera":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
     def project(self, points: np.ndarray, width: int, height: int) -> np.ndarray:
         """Pixel coordinates (column, row), float (..., 2), of world points (..., 3) in metres,
         in an image of ``width`` x ``height`` rendered by this camera (pixel centres at integers)."""
@@ -50,6 +79,15 @@ class Camera:
         column = (ndc[..., 0] + 1) * width / 2 - 0.5
         row = (1 - ndc[..., 1]) * height / 2 - 0.5
         return np.stack([column, row], axis=-1)
+
+
+def _rotation_xyz(angles: np.ndarray) -> np.ndarray:
+    """Rotation matrix (3, 3) turning by ``angles`` (rad) about world x, then y, then z."""
+    (cx, cy, cz), (sx, sy, sz) = np.cos(angles), np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
 
 
 def zbuffer_to_metres(zbuffer: np.ndarray, near: float, far: float) -> np.ndarray:
@@ -86,7 +124,7 @@ class PyBulletSim:
         self.bodies: dict[str, int] = {}
         self._egl_plugin: int | None = None
         self.renderer = self._load_renderer(renderer)
-        self._render_flag = p.ER_BULLET_HARDWARE_OPENGL if self.renderer == "egl" else p.ER_TINY_RENDERER
+        self.render_flag = p.ER_BULLET_HARDWARE_OPENGL if self.renderer == "egl" else p.ER_TINY_RENDERER
 
     def _load_renderer(self, renderer: str) -> str:
         if renderer != "egl":
@@ -144,7 +182,7 @@ class PyBulletSim:
             rgb: uint8 (height, width, 3); zbuffer: float32 (height, width) in [0, 1].
         """
         _, _, rgba, zbuffer, _ = self.client.getCameraImage(
-            width, height, view, projection, renderer=self._render_flag, flags=p.ER_NO_SEGMENTATION_MASK
+            width, height, view, projection, renderer=self.render_flag, flags=p.ER_NO_SEGMENTATION_MASK
         )
         rgb = np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)[..., :3]
         return rgb, np.asarray(zbuffer, dtype=np.float32).reshape(height, width)

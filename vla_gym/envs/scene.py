@@ -40,7 +40,8 @@ PEDESTAL_RGBA = (0.30, 0.30, 0.33, 1.0)
 SPAWN_LOW = np.array([0.40, -0.18])
 SPAWN_HIGH = np.array([0.66, 0.18])
 MIN_OBJECT_SPACING = 0.10  # m between object centres, so the open gripper fits between
-MAX_PLACEMENT_TRIES = 1000
+MAX_PLACEMENT_TRIES = 1000  # random positions tried per layout
+MAX_LAYOUTS = 50
 MAX_YAW = np.pi / 6  # rad: objects are turned at most this far about z, so a cube fits the open gripper
 
 
@@ -62,27 +63,94 @@ class ObjectSpec:
         return {"colour": self.colour, "shape": self.shape}
 
 
+#: Object splits: "train" scenes hold only the seen colour-shape combinations; every
+#: "test" scene holds at least one held-out combination, and its goal is one of them.
+OBJECT_SPLITS = ("train", "test")
+#: Colour-shape combinations held out of the "train" split, one per colour: colour ``i``
+#: with shape ``i + 1`` (mod 3). Each shape is held out for two or three colours, so every
+#: colour and every shape is seen in training, only never in these pairs ("red cube", the
+#: canonical goal, stays in training).
+HELD_OUT_COMBINATIONS: frozenset[tuple[str, str]] = frozenset(
+    (colour, SHAPES[(i + 1) % len(SHAPES)]) for i, colour in enumerate(COLOURS)
+)
+
+
+def is_held_out(colour: str, shape: str) -> bool:
+    """Whether the ``colour`` ``shape`` pair is one of :data:`HELD_OUT_COMBINATIONS`."""
+    return (colour, shape) in HELD_OUT_COMBINATIONS
+
+
+def train_shapes(colour: str) -> tuple[str, ...]:
+    """The shapes a ``colour`` object can have in a "train" scene (all but its held-out one)."""
+    return tuple(shape for shape in SHAPES if not is_held_out(colour, shape))
+
+
+def held_out_shape(colour: str) -> str:
+    """The one shape a ``colour`` object never has in a "train" scene."""
+    return next(shape for shape in SHAPES if is_held_out(colour, shape))
+
+
+def _check_object_split(split: str) -> None:
+    if split not in OBJECT_SPLITS:
+        raise ValueError(f"object_split={split!r} is not available; choose one of {OBJECT_SPLITS}")
+
+
+def _sample_poses(rng: np.random.Generator, num_objects: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Object centres (m, x/y) at least :data:`MIN_OBJECT_SPACING` apart, and yaws (rad)."""
+    for _ in range(MAX_LAYOUTS):
+        # Greedy placement can paint itself into a corner (about once in 3000 six-object
+        # scenes): then the whole layout is drawn again.
+        xys: list[np.ndarray] = []
+        for _ in range(MAX_PLACEMENT_TRIES):
+            xy = rng.uniform(SPAWN_LOW, SPAWN_HIGH)
+            if all(np.linalg.norm(xy - other) >= MIN_OBJECT_SPACING for other in xys):
+                xys.append(xy)
+                if len(xys) == num_objects:
+                    return xys, rng.uniform(-MAX_YAW, MAX_YAW, size=num_objects)
+    raise RuntimeError(f"could not place {num_objects} objects {MIN_OBJECT_SPACING} m apart in {MAX_LAYOUTS} layouts")
+
+
 def sample_object_specs(
     rng: np.random.Generator, num_objects: int, colours=COLOURS, shapes=SHAPES
 ) -> list[ObjectSpec]:
-    """Draw ``num_objects`` objects with distinct colours at poses at least
-    :data:`MIN_OBJECT_SPACING` apart. All randomness comes from ``rng``."""
+    """Draw ``num_objects`` objects with distinct colours, any shapes, at poses at least
+    :data:`MIN_OBJECT_SPACING` apart (no object split). All randomness comes from ``rng``."""
     chosen = rng.choice(len(colours), size=num_objects, replace=False)
     kinds = rng.integers(len(shapes), size=num_objects)
-    xys: list[np.ndarray] = []
-    for _ in range(MAX_PLACEMENT_TRIES):
-        xy = rng.uniform(SPAWN_LOW, SPAWN_HIGH)
-        if all(np.linalg.norm(xy - other) >= MIN_OBJECT_SPACING for other in xys):
-            xys.append(xy)
-            if len(xys) == num_objects:
-                break
-    else:
-        raise RuntimeError(f"could not place {num_objects} objects {MIN_OBJECT_SPACING} m apart")
-    yaws = rng.uniform(-MAX_YAW, MAX_YAW, size=num_objects)
+    xys, yaws = _sample_poses(rng, num_objects)
     return [
         ObjectSpec(colours[c], shapes[k], (float(xy[0]), float(xy[1])), float(yaw))
         for c, k, xy, yaw in zip(chosen, kinds, xys, yaws)
     ]
+
+
+def sample_scene(rng: np.random.Generator, num_objects: int, object_split: str = "train") -> tuple[list[ObjectSpec], int]:
+    """Objects of one ``object_split`` scene and the index of its goal object.
+
+    "train": every object's colour-shape pair is a seen one (not in
+    :data:`HELD_OUT_COMBINATIONS`), the goal is any object. "test": shapes are drawn
+    from all three, then one object (at random) is given its colour's held-out shape, and
+    the goal is drawn among the held-out objects. Colours are distinct in both splits.
+    All randomness comes from ``rng``.
+    """
+    _check_object_split(object_split)
+    chosen = [COLOURS[c] for c in rng.choice(len(COLOURS), size=num_objects, replace=False)]
+    if object_split == "train":
+        kinds = rng.integers(len(SHAPES) - 1, size=num_objects)
+        shapes = [train_shapes(colour)[k] for colour, k in zip(chosen, kinds)]
+    else:
+        shapes = [SHAPES[k] for k in rng.integers(len(SHAPES), size=num_objects)]
+        forced = int(rng.integers(num_objects))
+        shapes[forced] = held_out_shape(chosen[forced])
+    xys, yaws = _sample_poses(rng, num_objects)
+    specs = [
+        ObjectSpec(colour, shape, (float(xy[0]), float(xy[1])), float(yaw))
+        for colour, shape, xy, yaw in zip(chosen, shapes, xys, yaws)
+    ]
+    candidates = list(range(num_objects))
+    if object_split == "test":
+        candidates = [i for i, spec in enumerate(specs) if is_held_out(spec.colour, spec.shape)]
+    return specs, candidates[int(rng.integers(len(candidates)))]
 
 
 def index_of_colour(specs: list[ObjectSpec], colour: str) -> int:

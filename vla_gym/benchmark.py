@@ -1,0 +1,605 @@
+"""``vla-gym benchmark``: success rates of several policies over the generalisation splits.
+
+Every policy runs the same episodes (seeds ``seed .. seed + episodes - 1``, by default
+:data:`BENCHMARK_SEED` on) in every split of :data:`SPLITS`: the train distribution, one
+held-out shift at a time (instructions, object combinations, camera pose), all three
+together, and the number of objects from 2 to 6. Each cell gets its success rate with a
+95 % Wilson interval and its mean episode length. The instruction and camera splits keep
+the train scenes of each seed (only the text or the camera changes); the object split
+draws its own scenes.
+
+Episodes run in parallel worker processes, in chunks; every episode depends on its seed
+alone (the random policy is re-seeded per episode), so the table does not depend on the
+number of workers. Finished episodes are appended to ``benchmark_episodes.jsonl``: an
+interrupted benchmark rerun with the same arguments (and unchanged checkpoints) continues
+where it stopped. Writes ``benchmark.json``, ``benchmark.md`` and ``benchmark.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import shlex
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_gym.fileio import atomic_write_bytes, atomic_write_text
+
+#: First evaluation seed of the benchmark. Seeds of the other stages: demos 0+ (one per
+#: episode tried), train-agent's report 100000+, PPO's checkpoint choice 300000+, BC's
+#: rollout checks 10000000+, PPO's training envs 20000000+; so no training stage sees
+#: a benchmark scene as long as ``episodes <= MAX_EPISODES``.
+BENCHMARK_SEED = 200_000
+MAX_EPISODES = 100_000
+#: Camera jitter of the "camera jitter" split: up to 3 cm along and 3 degrees about each
+#: world axis (the goal moves by ~4 px in an 84 px image).
+BENCHMARK_CAMERA_JITTER = (0.03, 3.0)
+#: Episodes a worker runs per task (a policy, a split and this many seeds).
+CHUNK_EPISODES = 10
+#: The package's goals for a trained agent: least success rate in these splits.
+TARGETS = {"object_test": 0.90, "instruction_test": 0.85}
+#: Keys of the env that the splits set; the base ``env_kwargs`` must leave them alone.
+SPLIT_KEYS = ("instruction_split", "object_split", "camera_jitter", "num_objects")
+
+JSON_FILE = "benchmark.json"
+MARKDOWN_FILE = "benchmark.md"
+PLOT_FILE = "benchmark.png"
+EPISODES_FILE = "benchmark_episodes.jsonl"
+STATE_FILE = "benchmark_state.json"
+PERCENT = 100.0
+POLICY_KINDS = ("scripted", "random")
+
+
+@dataclass(frozen=True)
+class BenchmarkSplit:
+    """One column of the benchmark: env kwargs on top of the base env."""
+
+    name: str
+    label: str
+    env_kwargs: dict[str, Any]
+    description: str
+
+
+SPLITS: tuple[BenchmarkSplit, ...] = (
+    BenchmarkSplit("train", "train", {},
+                   "train instructions, train object combinations, fixed camera, 3-5 objects: the train side "
+                   "of the instruction, object and camera pairs"),
+    BenchmarkSplit("instruction_test", "instr. test", {"instruction_split": "test"},
+                   "held-out templates, verbs and shape nouns; the train scenes"),
+    BenchmarkSplit("object_test", "object test", {"object_split": "test"},
+                   "the goal is a held-out colour-shape combination"),
+    BenchmarkSplit("camera_jitter", "camera jitter", {"camera_jitter": list(BENCHMARK_CAMERA_JITTER)},
+                   f"camera moved by up to {BENCHMARK_CAMERA_JITTER[0]} m and turned by up to "
+                   f"{BENCHMARK_CAMERA_JITTER[1]} degrees per axis; the train scenes"),
+    BenchmarkSplit("all_test", "all shifts",
+                   {"instruction_split": "test", "object_split": "test", "camera_jitter": list(BENCHMARK_CAMERA_JITTER)},
+                   "test instructions, held-out goal combination and camera jitter together"),
+    *(
+        BenchmarkSplit(f"objects_{n}", f"{n} objects", {"num_objects": n},
+                       f"the train distribution with {n} objects on the table")
+        for n in range(2, 7)
+    ),
+)
+SPLITS_BY_NAME = {split.name: split for split in SPLITS}
+#: The train and test side of each shift the issue names (the train side is shared).
+PAIRS = {
+    "instruction": ("train", "instruction_test"),
+    "object": ("train", "object_test"),
+    "camera_jitter": ("train", "camera_jitter"),
+}
+
+
+@dataclass
+class BenchmarkConfig:
+    """A ``vla-gym benchmark`` run.
+
+    Args:
+        policies: ``"scripted"``, ``"random"``, a checkpoint path, or ``"label=path"``.
+        out: directory of the report files.
+        episodes: episodes per policy and split (seeds ``seed .. seed + episodes - 1``).
+        seed: first seed; the default :data:`BENCHMARK_SEED` is used by no training stage.
+        splits: names from :data:`SPLITS` (default: all).
+        env_id: a registered vla_gym env id.
+        env_kwargs: base env kwargs (not the split keys :data:`SPLIT_KEYS`); ``image_size``
+            defaults to the checkpoints'.
+        workers: worker processes (``<= 1`` runs in this process).
+        device: torch device of the network policies in the workers.
+        progress: show a progress bar.
+    """
+
+    policies: list[str]
+    out: str = "reports"
+    episodes: int = 200
+    seed: int = BENCHMARK_SEED
+    splits: list[str] = field(default_factory=lambda: [split.name for split in SPLITS])
+    env_id: str = "VLAPick-v0"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.policies, str):
+            self.policies = [p.strip() for p in self.policies.split(",") if p.strip()]
+        if not self.policies:
+            raise ValueError("policies must name at least one policy: scripted, random, a checkpoint or label=path")
+        if isinstance(self.episodes, bool) or not isinstance(self.episodes, (int, np.integer)) or not (
+            1 <= self.episodes <= MAX_EPISODES
+        ):
+            raise ValueError(f"episodes must be an int from 1 to {MAX_EPISODES}, got {self.episodes!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        unknown = [name for name in self.splits if name not in SPLITS_BY_NAME]
+        if unknown or not self.splits:
+            raise ValueError(f"unknown splits {unknown or self.splits}; choose from {list(SPLITS_BY_NAME)}")
+        self.env_kwargs = dict(self.env_kwargs or {})
+        clash = sorted(set(self.env_kwargs) & set(SPLIT_KEYS + ("render_mode",)))
+        if clash:
+            raise ValueError(f"env_kwargs {clash} are set by the benchmark's splits; remove them")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+
+
+@dataclass
+class PolicyEntry:
+    """One row: a label, what to load, and facts about its checkpoint."""
+
+    label: str
+    spec: str
+    kind: str  # "scripted", "random", "bc", "bc+ppo", "ppo"
+    sha256: str | None = None
+    image_size: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _training_warnings(meta: dict[str, Any]) -> list[str]:
+    """What in a checkpoint's training env makes a held-out split not held out for it."""
+    configs = [meta.get("env", {}).get("env_config", {})]
+    init = meta.get("init")
+    if init and Path(init).is_file():  # a PPO checkpoint: its BC checkpoint saw the demo env
+        from vla_gym.agents.checkpoint import read_checkpoint
+
+        configs.append(read_checkpoint(init)["meta"].get("env", {}).get("env_config", {}))
+    out = []
+    for config in configs:
+        if "object_split" not in config:
+            out.append("trained before object splits existed: its training scenes held the held-out "
+                       "combinations, so 'object test' is not held out for it")
+        for key in ("instruction_split", "object_split"):
+            if config.get(key) == "test":
+                out.append(f"trained with {key}='test': that split is not held out for it")
+        if any(config.get("camera_jitter") or []):
+            out.append(f"trained with camera_jitter={config['camera_jitter']}")
+    return sorted(set(out))
+
+
+def resolve_policies(specs: Sequence[str]) -> list[PolicyEntry]:
+    """Parse ``scripted`` / ``random`` / ``path`` / ``label=path``; read each checkpoint's meta.
+
+    Default labels: ``bc`` for a BC checkpoint, ``bc+ppo`` for a PPO one started from a
+    checkpoint (``ppo`` from scratch), with ``-2``, ``-3`` ... on repeats.
+    """
+    from vla_gym.agents.checkpoint import read_checkpoint
+
+    entries: list[PolicyEntry] = []
+    for raw in specs:
+        label, _, spec = raw.partition("=") if "=" in raw else ("", "", raw)
+        if spec in POLICY_KINDS:
+            entries.append(PolicyEntry(label or spec, spec, spec))
+            continue
+        if not Path(spec).is_file():
+            raise FileNotFoundError(
+                f"policy {spec!r} is not one of {list(POLICY_KINDS)} and no checkpoint file exists at that path"
+            )
+        meta = read_checkpoint(spec)["meta"]
+        kind = ("bc+ppo" if meta.get("init") else "ppo") if "ppo" in meta else "bc"
+        entries.append(PolicyEntry(
+            label or kind, spec, kind, sha256=_file_sha256(spec),
+            image_size=int(meta["env"]["env_config"]["image_size"]), warnings=_training_warnings(meta),
+        ))
+    seen: dict[str, int] = {}
+    for entry in entries:
+        seen[entry.label] = seen.get(entry.label, 0) + 1
+        if seen[entry.label] > 1:
+            entry.label = f"{entry.label}-{seen[entry.label]}"
+    return entries
+
+
+def base_env_kwargs(config: BenchmarkConfig, policies: Sequence[PolicyEntry]) -> dict[str, Any]:
+    """The env kwargs every split starts from: ``config.env_kwargs``, plus the checkpoints'
+    image size when it is not given (the checkpoints must agree on it)."""
+    kwargs = dict(config.env_kwargs)
+    sizes = {p.label: p.image_size for p in policies if p.image_size is not None}
+    if "image_size" not in kwargs and sizes:
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"the checkpoints were trained on different image sizes {sizes}; benchmark them separately")
+        kwargs["image_size"] = next(iter(sizes.values()))
+    wrong = {label: size for label, size in sizes.items() if size != kwargs.get("image_size", size)}
+    if wrong:
+        raise ValueError(f"image_size={kwargs['image_size']} but checkpoints {wrong} were trained on other sizes")
+    return kwargs
+
+
+def split_env_kwargs(base: dict[str, Any], split: str) -> dict[str, Any]:
+    return {**base, **SPLITS_BY_NAME[split].env_kwargs}
+
+
+# --------------------------------------------------------------------------- workers
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(threads: int | None = 1) -> None:
+    """Set up a worker; ``threads`` caps torch's threads (the workers share the cores)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    _WORKER.clear()
+
+
+def _env(env_id: str, kwargs: dict[str, Any]):
+    import gymnasium as gym
+
+    import vla_gym  # noqa: F401  (registers the env ids in a spawned worker)
+
+    key = json.dumps([env_id, kwargs], sort_keys=True)
+    envs = _WORKER.setdefault("envs", {})
+    if key not in envs:
+        envs[key] = gym.make(env_id, **kwargs)
+    return envs[key]
+
+
+def _policy(task: dict[str, Any], env, seed: int):
+    from vla_gym.evaluation import RandomPolicy, policy_from_spec
+
+    spec = task["spec"]
+    if spec == "random":
+        return RandomPolicy(env.action_space, seed=seed)  # per episode: independent of the chunking
+    if spec == "scripted":
+        return policy_from_spec(spec, env)  # bound to its env: cheap to build
+    policies = _WORKER.setdefault("policies", {})
+    if spec not in policies:
+        policies[spec] = policy_from_spec(spec, env, device=task["device"])
+    return policies[spec]
+
+
+def _run_task(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """Episodes of one policy on one split, one record per seed."""
+    from vla_gym.evaluation import evaluate
+
+    env = _env(task["env_id"], task["env_kwargs"])
+    records = []
+    for seed in task["seeds"]:
+        result = evaluate(env, lambda e, s=seed: _policy(task, e, s), [seed], deterministic=True)
+        episode = result.episodes_log[0]
+        unwrapped = env.unwrapped
+        target = unwrapped.scene.objects[unwrapped.task.target_index]
+        records.append({
+            "policy": task["label"], "split": task["split"], "seed": seed, "success": bool(episode["success"]),
+            "length": int(episode["length"]), "target": f"{target.colour} {target.shape}",
+            "objects": len(unwrapped.scene.objects), "instruction": episode["instruction"],
+        })
+    return records
+
+
+def _close_worker() -> None:
+    for env in _WORKER.get("envs", {}).values():
+        env.close()
+    _WORKER.clear()
+
+
+def _chunks(seeds: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(seeds), size):
+        yield list(seeds[start:start + size])
+
+
+def _results(tasks: list[dict[str, Any]], workers: int) -> Iterator[list[dict[str, Any]]]:
+    if workers <= 1 or len(tasks) <= 1:
+        _init_worker(threads=None)
+        try:
+            for task in tasks:
+                yield _run_task(task)
+        finally:
+            _close_worker()
+        return
+    import multiprocessing as mp
+
+    pool = mp.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_init_worker)
+    try:
+        yield from pool.imap_unordered(_run_task, tasks, chunksize=1)
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+# --------------------------------------------------------------------------- statistics
+def summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A cell: episodes, successes, success_rate, ci95 [lo, hi], mean_length (steps)."""
+    from vla_gym.evaluation import wilson_interval
+
+    n = len(records)
+    k = sum(bool(r["success"]) for r in records)
+    return {
+        "episodes": n,
+        "successes": k,
+        "success_rate": k / n if n else 0.0,
+        "ci95": list(wilson_interval(k, n)),
+        "mean_length": float(np.mean([r["length"] for r in records])) if n else math.nan,
+    }
+
+
+# --------------------------------------------------------------------------- the run
+def _identity(config: BenchmarkConfig, policies: Sequence[PolicyEntry], base: dict[str, Any]) -> dict[str, Any]:
+    """What the episodes depend on: a rerun with the same identity continues the episode log."""
+    return {
+        "env_id": config.env_id, "env_kwargs": base, "seed": config.seed,
+        "policies": [{"label": p.label, "spec": p.spec, "sha256": p.sha256} for p in policies],
+    }
+
+
+def _load_done(out: Path, identity: dict[str, Any]) -> tuple[list[dict[str, Any]], float]:
+    """Episode records of earlier attempts with the same identity, and the seconds they ran
+    (else none: the log restarts)."""
+    state, log = out / STATE_FILE, out / EPISODES_FILE
+    if not (state.exists() and log.exists()):
+        return [], 0.0
+    try:
+        saved = json.loads(state.read_text())
+        same = saved.get("identity") == json.loads(json.dumps(identity))
+    except (json.JSONDecodeError, AttributeError):
+        same = False
+    if not same:
+        return [], 0.0
+    records = []
+    for line in log.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by an interruption: the episodes after it are rerun
+    return records, float(saved.get("seconds", 0.0))
+
+
+def _save_state(out: Path, identity: dict[str, Any], seconds: float) -> None:
+    atomic_write_text(out / STATE_FILE, json.dumps({"identity": identity, "seconds": seconds}, indent=2) + "\n")
+
+
+def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
+    """Run (or continue) the benchmark and write its files; returns the report dict."""
+    from tqdm.auto import tqdm
+
+    from vla_gym.data.format import env_config_dict
+
+    policies = resolve_policies(config.policies)
+    base = base_env_kwargs(config, policies)
+    for split in config.splits:  # bad env ids and kwargs fail here, before any worker starts
+        env_config_dict(config.env_id, split_env_kwargs(base, split))
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    identity = _identity(config, policies, base)
+    records, earlier_seconds = _load_done(out, identity)
+    seeds = list(range(config.seed, config.seed + config.episodes))
+    wanted = {(p.label, s) for p in policies for s in config.splits}
+    seed_set = set(seeds)
+    records = [r for r in records if (r["policy"], r["split"]) in wanted and r["seed"] in seed_set]
+    done = {(r["policy"], r["split"], r["seed"]) for r in records}
+    _save_state(out, identity, earlier_seconds)
+    log_path = out / EPISODES_FILE
+    atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
+
+    tasks = []
+    for chunk_index, chunk in enumerate(_chunks(seeds, CHUNK_EPISODES)):
+        for policy in policies:
+            for split in config.splits:
+                todo = [s for s in chunk if (policy.label, split, s) not in done]
+                if todo:
+                    tasks.append({
+                        "label": policy.label, "spec": policy.spec, "split": split, "seeds": todo,
+                        "env_id": config.env_id, "env_kwargs": split_env_kwargs(base, split),
+                        "device": config.device, "chunk": chunk_index,
+                    })
+    start = time.perf_counter()
+    bar = tqdm(total=len(policies) * len(config.splits) * len(seeds), initial=len(records), unit="ep",
+               desc="benchmark", disable=not config.progress)
+    try:
+        with open(log_path, "a") as log:
+            for chunk_records in _results(tasks, config.workers):
+                for record in chunk_records:
+                    log.write(json.dumps(record) + "\n")
+                log.flush()
+                records.extend(chunk_records)
+                bar.update(len(chunk_records))
+    finally:
+        bar.close()
+        seconds = earlier_seconds + time.perf_counter() - start  # summed over attempts
+        _save_state(out, identity, seconds)
+    report = build_report(config, policies, base, records, seconds, episodes_run=sum(len(t["seeds"]) for t in tasks))
+    write_report(out, report)
+    return report
+
+
+def build_report(
+    config: BenchmarkConfig, policies: Sequence[PolicyEntry], base: dict[str, Any],
+    records: Sequence[dict[str, Any]], seconds: float, episodes_run: int,
+) -> dict[str, Any]:
+    from vla_gym.hardware import hardware_dict
+
+    cells: dict[str, dict[str, list[dict[str, Any]]]] = {p.label: {s: [] for s in config.splits} for p in policies}
+    for record in records:
+        cells[record["policy"]][record["split"]].append(record)
+    results = {
+        label: {split: summarise(sorted(rs, key=lambda r: r["seed"])) for split, rs in by_split.items()}
+        for label, by_split in cells.items()
+    }
+    targets = []
+    for policy in policies:
+        if policy.kind in POLICY_KINDS:
+            continue
+        for split, minimum in TARGETS.items():
+            if split in config.splits:
+                cell = results[policy.label][split]
+                targets.append({
+                    "policy": policy.label, "split": split, "target": minimum, "success_rate": cell["success_rate"],
+                    "ci95": cell["ci95"], "met": cell["success_rate"] >= minimum,
+                })
+    return {
+        "title": "vla_gym benchmark",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": benchmark_command(config),
+        "env_id": config.env_id,
+        "base_env_kwargs": base,
+        "seeds": {"first": config.seed, "last": config.seed + config.episodes - 1, "episodes": config.episodes,
+                  "note": f"seeds {config.seed}+ are used by no training stage (see vla_gym.benchmark.BENCHMARK_SEED)"},
+        "splits": [{**dataclasses.asdict(SPLITS_BY_NAME[s])} for s in config.splits],
+        "pairs": {k: v for k, v in PAIRS.items() if all(s in config.splits for s in v)},
+        "policies": [p.to_dict() for p in policies],
+        "results": results,
+        "targets": targets,
+        "deterministic_actions": True,
+        "workers": config.workers,
+        "device": config.device,
+        "seconds": seconds,  # running episodes, summed over attempts
+        "episodes": len(records),
+        "episodes_run": episodes_run,  # by the last attempt
+        "hardware": hardware_dict(),
+        "files": {"markdown": MARKDOWN_FILE, "plot": PLOT_FILE, "episodes": EPISODES_FILE},
+    }
+
+
+def benchmark_command(config: BenchmarkConfig) -> str:
+    q = shlex.quote
+    parts = [
+        "vla-gym benchmark", f"--policies {q(','.join(config.policies))}", f"--episodes {config.episodes}",
+        f"--out {q(str(config.out))}",
+    ]
+    if config.seed != BENCHMARK_SEED:
+        parts.append(f"--seed {config.seed}")
+    if config.splits != [s.name for s in SPLITS]:
+        parts.append(f"--splits {','.join(config.splits)}")
+    if config.env_id != "VLAPick-v0":
+        parts.append(f"--env {config.env_id}")
+    if config.env_kwargs:
+        parts.append(f"--env-kwargs {q(json.dumps(config.env_kwargs))}")
+    parts.append(f"--workers {config.workers}")
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------- files
+def _percent(fraction: float) -> str:
+    return f"{PERCENT * fraction:.1f} %"
+
+
+def markdown_cell(cell: dict[str, Any]) -> str:
+    """``"96.5 % (93.0-98.3), len 23.1"``."""
+    lo, hi = cell["ci95"]
+    return (f"{_percent(cell['success_rate'])} ({PERCENT * lo:.1f}-{PERCENT * hi:.1f}), "
+            f"len {cell['mean_length']:.1f}")
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    splits = report["splits"]
+    seeds = report["seeds"]
+    lines = [
+        f"# {report['title']}", "",
+        f"Made by `{report['command']}` on {report['created']} "
+        f"({report['seconds'] / 60:.1f} min for {report['episodes']} episodes with {report['workers']} workers, "
+        "summed over attempts).", "",
+        f"Success rate with 95 % Wilson interval, then mean episode length (env steps), over "
+        f"{seeds['episodes']} episodes per cell on seeds {seeds['first']}-{seeds['last']} (used by no training "
+        f"stage), deterministic actions. Env `{report['env_id']}` with base kwargs "
+        f"`{json.dumps(report['base_env_kwargs'])}`.", "",
+        "| policy | " + " | ".join(s["label"] for s in splits) + " |",
+        "| --- | " + " | ".join("---:" for _ in splits) + " |",
+    ]
+    for label, by_split in report["results"].items():
+        lines.append(f"| {label} | " + " | ".join(markdown_cell(by_split[s["name"]]) for s in splits) + " |")
+    lines += ["", f"![success rates with 95 % intervals]({PLOT_FILE})", "", "## Splits", ""]
+    for split in splits:
+        kwargs = json.dumps(split["env_kwargs"]) if split["env_kwargs"] else "(none)"
+        lines.append(f"- **{split['label']}** (`{split['name']}`, env kwargs `{kwargs}`): {split['description']}.")
+    if report["pairs"]:
+        pairs = ", ".join(f"{name}: {a} / {b}" for name, (a, b) in report["pairs"].items())
+        lines += ["", f"Train/test pairs ({pairs}) share the **train** column."]
+    if report["targets"]:
+        lines += ["", "## Targets", ""]
+        for t in report["targets"]:
+            lo, hi = t["ci95"]
+            verdict = "met" if t["met"] else "**NOT met**"
+            lines.append(
+                f"- {t['policy']} on {t['split']}: {_percent(t['success_rate'])} ({PERCENT * lo:.1f}-{PERCENT * hi:.1f}) "
+                f"against the target {_percent(t['target'])}: {verdict}"
+            )
+    lines += ["", "## Policies", ""]
+    for p in report["policies"]:
+        source = p["spec"] + (f" (sha256 {p['sha256'][:12]})" if p["sha256"] else "")
+        lines.append(f"- **{p['label']}**: {p['kind']}, {source}")
+        lines += [f"  - warning: {w}" for w in p["warnings"]]
+    hw = report["hardware"]
+    lines += ["", "## Hardware", "",
+              f"- CPU: {hw.get('cpu')}, {hw.get('usable_cores')} usable cores; GPU: {hw.get('gpu') or 'none'}; "
+              f"policy device: {report['device']}",
+              f"- torch {hw.get('torch')}, pybullet {hw.get('pybullet')}, gymnasium {hw.get('gymnasium')}", ""]
+    return "\n".join(lines)
+
+
+def plot_benchmark(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Grouped bars: success rate (%) per split, one bar per policy, 95 % intervals as error bars."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    splits = report["splits"]
+    labels = list(report["results"])
+    width = 0.8 / max(len(labels), 1)
+    x = np.arange(len(splits))
+    fig = Figure(figsize=(max(8.0, 1.0 * len(splits) + 2), 4.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i, label in enumerate(labels):
+        cells = [report["results"][label][s["name"]] for s in splits]
+        rate = np.array([PERCENT * c["success_rate"] for c in cells])
+        lo = np.array([PERCENT * c["ci95"][0] for c in cells])
+        hi = np.array([PERCENT * c["ci95"][1] for c in cells])
+        ax.bar(x + (i - (len(labels) - 1) / 2) * width, rate, width, label=label,
+               yerr=np.clip(np.stack([rate - lo, hi - rate]), 0.0, None), capsize=2, error_kw={"elinewidth": 0.8})
+    ax.set_xticks(x, [s["label"] for s in splits], rotation=30, ha="right")
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("success rate (%)")
+    ax.set_title(f"vla_gym benchmark: {report['seeds']['episodes']} episodes per cell, 95 % Wilson intervals")
+    ax.grid(True, axis="y", alpha=0.4)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    return atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def write_report(out: str | os.PathLike, report: dict[str, Any]) -> dict[str, Path]:
+    """``benchmark.json``, ``benchmark.md`` and ``benchmark.png`` in ``out`` (each atomic)."""
+    from vla_gym.evaluation import JSON_INDENT, json_default
+
+    out = Path(out)
+    return {
+        "json": atomic_write_text(out / JSON_FILE, json.dumps(report, indent=JSON_INDENT, default=json_default) + "\n"),
+        "markdown": atomic_write_text(out / MARKDOWN_FILE, render_markdown(report)),
+        "plot": plot_benchmark(report, out / PLOT_FILE),
+    }
