@@ -505,18 +505,16 @@ def benchmark_command(config: BenchmarkConfig) -> str:
 
 
 # --------------------------------------------------------------------------- files
-def _percent(fraction: float) -> str:
-    return f"{PERCENT * fraction:.1f} %"
-
-
 def markdown_cell(cell: dict[str, Any]) -> str:
     """``"96.5 % (93.0-98.3), len 23.1"``."""
-    lo, hi = cell["ci95"]
-    return (f"{_percent(cell['success_rate'])} ({PERCENT * lo:.1f}-{PERCENT * hi:.1f}), "
-            f"len {cell['mean_length']:.1f}")
+    from vla_gym.report import format_interval, format_percent
+
+    return f"{format_percent(cell['success_rate'])} ({format_interval(*cell['ci95'])}), len {cell['mean_length']:.1f}"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
+    from vla_gym.report import format_interval, format_percent
+
     splits = report["splits"]
     seeds = report["seeds"]
     lines = [
@@ -543,11 +541,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["targets"]:
         lines += ["", "## Targets", ""]
         for t in report["targets"]:
-            lo, hi = t["ci95"]
             verdict = "met" if t["met"] else "**NOT met**"
             lines.append(
-                f"- {t['policy']} on {t['split']}: {_percent(t['success_rate'])} ({PERCENT * lo:.1f}-{PERCENT * hi:.1f}) "
-                f"against the target {_percent(t['target'])}: {verdict}"
+                f"- {t['policy']} on {t['split']}: {format_percent(t['success_rate'])} ({format_interval(*t['ci95'])}) "
+                f"against the target {format_percent(t['target'])}: {verdict}"
             )
     lines += ["", "## Policies", ""]
     for p in report["policies"]:

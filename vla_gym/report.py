@@ -204,12 +204,12 @@ def collapse_summary(
     }
 
 
-def _percent(fraction: float) -> str:
+def format_percent(fraction: float) -> str:
     """0.965 -> ``"96.5 %"``."""
     return f"{PERCENT * fraction:.1f} %"
 
 
-def _interval(low: float, high: float) -> str:
+def format_interval(low: float, high: float) -> str:
     """(0.93, 0.983) -> ``"93.0-98.3"`` (percent)."""
     return f"{PERCENT * low:.1f}-{PERCENT * high:.1f}"
 
@@ -308,7 +308,7 @@ def _table(header: Sequence[str], align: Sequence[str], rows: Iterable[Sequence[
 def success_cell(result: Mapping[str, Any]) -> str:
     """One success-table cell, e.g. ``"96.5 % (93.0-98.3) · 193/200, len 23.1"``."""
     return (
-        f"{_percent(result['success_rate'])} ({_interval(result['ci_low'], result['ci_high'])}) · "
+        f"{format_percent(result['success_rate'])} ({format_interval(result['ci_low'], result['ci_high'])}) · "
         f"{result['successes']}/{result['episodes']}, len {float(result['mean_length']):.1f}"
     )
 
@@ -353,16 +353,16 @@ def _curve_section(report: Mapping[str, Any]) -> list[str]:
         threshold = float(collapse["threshold_points"])
         verdict = "COLLAPSE" if collapse["collapsed"] else "no collapse"
         lines.append(
-            f"BC level (eval success at PPO step 0): {_percent(bc_level)}. "
-            f"Lowest eval success during PPO: {_percent(collapse['min_success_rate'])}; "
+            f"BC level (eval success at PPO step 0): {format_percent(bc_level)}. "
+            f"Lowest eval success during PPO: {format_percent(collapse['min_success_rate'])}; "
             f"biggest drop below the BC level: {float(collapse['max_drop_points']):.1f} points: "
             f"**{verdict}** (threshold {threshold:g} points)."
         )
     rows = [
         [
             point["timesteps"],
-            _percent(point["success_rate"]),
-            _interval(point["ci_low"], point["ci_high"]),
+            format_percent(point["success_rate"]),
+            format_interval(point["ci_low"], point["ci_high"]),
             f"{float(point['mean_length']):.1f}" if point.get("mean_length") is not None else MISSING_CELL,
         ]
         for point in curve

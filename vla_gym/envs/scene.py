@@ -110,20 +110,6 @@ def _sample_poses(rng: np.random.Generator, num_objects: int) -> tuple[list[np.n
     raise RuntimeError(f"could not place {num_objects} objects {MIN_OBJECT_SPACING} m apart in {MAX_LAYOUTS} layouts")
 
 
-def sample_object_specs(
-    rng: np.random.Generator, num_objects: int, colours=COLOURS, shapes=SHAPES
-) -> list[ObjectSpec]:
-    """Draw ``num_objects`` objects with distinct colours, any shapes, at poses at least
-    :data:`MIN_OBJECT_SPACING` apart (no object split). All randomness comes from ``rng``."""
-    chosen = rng.choice(len(colours), size=num_objects, replace=False)
-    kinds = rng.integers(len(shapes), size=num_objects)
-    xys, yaws = _sample_poses(rng, num_objects)
-    return [
-        ObjectSpec(colours[c], shapes[k], (float(xy[0]), float(xy[1])), float(yaw))
-        for c, k, xy, yaw in zip(chosen, kinds, xys, yaws)
-    ]
-
-
 def sample_scene(rng: np.random.Generator, num_objects: int, object_split: str = "train") -> tuple[list[ObjectSpec], int]:
     """Objects of one ``object_split`` scene and the index of its goal object.
 
