@@ -175,6 +175,8 @@ def _file_sha256(path: str | os.PathLike) -> str:
 
 def _training_warnings(meta: dict[str, Any]) -> list[str]:
     """What in a checkpoint's training env makes a held-out split not held out for it."""
+    from vla_gym.data.format import held_out_splits
+
     configs = [meta.get("env", {}).get("env_config", {})]
     init = meta.get("init")
     if init and Path(init).is_file():  # a PPO checkpoint: its BC checkpoint saw the demo env
@@ -186,9 +188,7 @@ def _training_warnings(meta: dict[str, Any]) -> list[str]:
         if "object_split" not in config:
             out.append("trained before object splits existed: its training scenes held the held-out "
                        "combinations, so 'object test' is not held out for it")
-        for key in ("instruction_split", "object_split"):
-            if config.get(key) == "test":
-                out.append(f"trained with {key}='test': that split is not held out for it")
+        out += [f"trained with {split}: that split is not held out for it" for split in held_out_splits(config)]
         if any(config.get("camera_jitter") or []):
             out.append(f"trained with camera_jitter={config['camera_jitter']}")
     return sorted(set(out))
