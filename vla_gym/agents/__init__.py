@@ -1,7 +1,8 @@
-"""Agents: the scripted expert, the VLA actor-critic network, behaviour cloning, PPO, checkpoints.
+"""Agents: the VLA actor-critic network, behaviour cloning, PPO, checkpoints; and, for
+convenience, the scripted expert (:class:`vla_gym.envs.experts.ScriptedExpert`).
 
 The torch-based parts are imported on first use, so ``from vla_gym.agents import
-ScriptedPickPolicy`` stays light for demo-collection workers.
+ScriptedExpert`` stays light for demo-collection workers.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from vla_gym.agents.scripted import ScriptedPickPolicy
+from vla_gym.envs.experts import ScriptedExpert
 
 _LAZY = {
     "BCConfig": "vla_gym.agents.bc",
@@ -27,7 +28,7 @@ _LAZY = {
     "train_ppo": "vla_gym.agents.ppo",
 }
 
-__all__ = ["ScriptedPickPolicy", *_LAZY]
+__all__ = ["ScriptedExpert", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from vla_gym.agents.network import NetworkConfig, VLAActorCriticPolicy
-from vla_gym.envs.pick_env import make_action_space, make_observation_space
+from vla_gym.envs.spaces import make_action_space, make_observation_space
 from vla_gym.fileio import atomic_path
 
 CHECKPOINT_FORMAT = "vla_gym.policy"

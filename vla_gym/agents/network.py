@@ -36,7 +36,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from vla_gym.envs.language import words_of_split
-from vla_gym.envs.pick_env import AGENT_CAMERA
+from vla_gym.envs.spaces import AGENT_CAMERA
 from vla_gym.envs.scene import COLOURS, SHAPES
 
 PAD, UNK = "<pad>", "<unk>"

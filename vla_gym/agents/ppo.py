@@ -637,7 +637,7 @@ def _train_env_seed(seed: int, timesteps: int) -> int:
 
 
 def _check_observations(path: str, policy: VLAActorCriticPolicy, env_args: dict[str, Any]) -> None:
-    from vla_gym.envs.pick_env import make_observation_space
+    from vla_gym.envs.spaces import make_observation_space
 
     wanted = {k: s.shape for k, s in policy.observation_space.spaces.items()}
     given = {k: s.shape for k, s in make_observation_space(env_args["env_config"]["image_size"]).spaces.items()}

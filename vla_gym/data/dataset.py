@@ -44,7 +44,7 @@ from vla_gym.data.format import (
     DatasetError,
     env_config_dict,
 )
-from vla_gym.envs.pick_env import AGENT_CAMERA
+from vla_gym.envs.spaces import AGENT_CAMERA
 from vla_gym.envs.pybullet_sim import Camera
 
 SPLITS = ("train", "valid", "all")

@@ -7,7 +7,7 @@ import dataclasses
 import json
 from typing import Any
 
-from vla_gym.envs.pick_env import VLAPickConfig
+from vla_gym.envs.tabletop_env import TabletopConfig
 from vla_gym.envs.registration import ENV_IDS
 
 FORMAT_VERSION = 1
@@ -28,7 +28,7 @@ def env_config_dict(env_id: str, env_kwargs: dict[str, Any] | None = None) -> di
         raise DatasetError(f"env id {env_id!r} is not a vla_gym env; choose one of {sorted(ENV_IDS)}")
     kwargs = {**ENV_IDS[env_id], **(env_kwargs or {})}
     kwargs.pop("render_mode", None)
-    config = dataclasses.asdict(VLAPickConfig.from_kwargs(**kwargs))
+    config = dataclasses.asdict(TabletopConfig.from_kwargs(**kwargs))
     return json.loads(json.dumps(config))
 
 

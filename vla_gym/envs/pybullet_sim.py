@@ -152,6 +152,17 @@ class PyBulletSim:
         """World position (m) of a body's base, shape (3,)."""
         return np.asarray(self.client.getBasePositionAndOrientation(self.bodies[name])[0])
 
+    def base_velocity(self, name: str) -> np.ndarray:
+        """World linear velocity (m/s) of a body's base, shape (3,)."""
+        return np.asarray(self.client.getBaseVelocity(self.bodies[name])[0])
+
+    def set_base_position(self, name: str, position) -> None:
+        """Teleport a body's base to ``position`` (m), keeping its orientation, at rest."""
+        body = self.bodies[name]
+        _, orientation = self.client.getBasePositionAndOrientation(body)
+        self.client.resetBasePositionAndOrientation(body, list(position), orientation)
+        self.client.resetBaseVelocity(body, [0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
+
     def aabb(self, name: str, link: int = -1) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.client.getAABB(self.bodies[name], link)
         return np.asarray(lo), np.asarray(hi)

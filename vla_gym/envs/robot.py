@@ -34,6 +34,8 @@ FINGER_FORCE = 40.0  # N, per finger
 FINGER_OPEN = 0.04  # m, each finger's travel when open (8 cm between fingers)
 FINGER_CLOSED = 0.0
 IK_ITERATIONS = 20
+#: Rounds of inverse kinematics when the arm is set (not driven) to a start point.
+START_IK_ROUNDS = 5
 #: Gripper orientation: pointing down, fingers closing along world y.
 EE_DOWN_QUAT = tuple(p.getQuaternionFromEuler((np.pi, 0.0, 0.0)))
 # Null-space IK ranges keep the elbow up and the wrist away from its limits.
@@ -94,6 +96,17 @@ class Panda:
         self._command_arm(HOME_JOINTS)
         self._command_gripper()
 
+    def reset_to(self, position) -> None:
+        """Like :meth:`reset`, but with the end effector at ``position`` (m, world), pointing
+        down, at rest (joints set by inverse kinematics from the home pose)."""
+        self.reset()
+        c = self.sim.client
+        for _ in range(START_IK_ROUNDS):  # each round starts IK from the last solution
+            q = self._inverse_kinematics(np.asarray(position, dtype=float))
+            for j, qj in zip(ARM_JOINTS, q):
+                c.resetJointState(self.body, j, qj)
+        self._command_arm(q)
+
     def ee_position(self) -> np.ndarray:
         """End-effector (grasp point between the fingertips) position, metres, shape (3,)."""
         return np.asarray(self.sim.client.getLinkState(self.body, EE_LINK)[4])
@@ -115,6 +128,10 @@ class Panda:
     # --- control ------------------------------------------------------------------------
     def set_ee_target(self, position: np.ndarray) -> None:
         """Drive the end effector towards ``position`` (m) with the gripper pointing down."""
+        self._command_arm(self._inverse_kinematics(position))
+
+    def _inverse_kinematics(self, position: np.ndarray) -> tuple[float, ...]:
+        """Arm joint positions (rad) that put the end effector at ``position`` (m), pointing down."""
         q = self.sim.client.calculateInverseKinematics(
             self.body,
             EE_LINK,
@@ -126,7 +143,7 @@ class Panda:
             restPoses=HOME_JOINTS,
             maxNumIterations=IK_ITERATIONS,
         )
-        self._command_arm(q[: len(ARM_JOINTS)])
+        return q[: len(ARM_JOINTS)]
 
     def set_gripper(self, close: bool) -> None:
         self.gripper_closed = close

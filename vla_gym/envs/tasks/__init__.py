@@ -1,0 +1,15 @@
+"""The tasks: one module each, registered by name in :data:`TASKS`.
+
+Adding a task is one new module here (a :class:`~vla_gym.envs.tasks.base.Task` subclass)
+plus one entry in :data:`TASKS` and one line in :mod:`vla_gym.envs.registration`.
+"""
+
+from vla_gym.envs.tasks.base import Role, Task, TaskEpisode, World
+from vla_gym.envs.tasks.pick import PickTask
+
+#: Task name -> class, in a fixed order (``VLAMultiTask-v0`` draws among them by index).
+TASKS: dict[str, type[Task]] = {
+    PickTask.name: PickTask,
+}
+
+__all__ = ["TASKS", "PickTask", "Role", "Task", "TaskEpisode", "World"]
