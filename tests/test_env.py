@@ -1,4 +1,7 @@
-"""VLAPick env ids: API conformance, seeding, options, bad input, rewards, vector envs."""
+"""The pick env ids in depth: API conformance, seeding, options, bad input, rewards, vector envs.
+
+Every other registered id gets the generic checks in ``tests/test_tasks.py``.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +15,25 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from tests.conftest import ALL_ENV_IDS, assert_obs_equal
-from vla_gym.agents import ScriptedPickPolicy
-from vla_gym.envs import MAX_EPISODE_STEPS, decode_instruction
-from vla_gym.envs.pick_env import AGENT_CAMERA, MAX_EE_STEP, PROPRIO_DIM, VIEWER_SIZE
+from vla_gym.envs import decode_instruction
+from vla_gym.envs.experts import ScriptedExpert
 from vla_gym.envs.scene import MIN_OBJECT_SPACING, PALETTE
-from vla_gym.envs.task import LIFT_HEIGHT
+from vla_gym.envs.spaces import AGENT_CAMERA, MAX_EE_STEP, PROPRIO_DIM, VIEWER_SIZE
+from vla_gym.envs.tasks.pick import LIFT_HEIGHT, PickTask
+
+MAX_EPISODE_STEPS = PickTask.max_episode_steps
+PICK_ENV_IDS = ["VLAPick-v0", "VLAPickDense-v0"]
+
+
+@pytest.fixture(params=PICK_ENV_IDS)
+def env_id(request) -> str:
+    """This module's tests run on the pick ids (overrides the fixture over every id)."""
+    return request.param
+
+
+def object_position(env, colour: str) -> np.ndarray:
+    unwrapped = env.unwrapped
+    return unwrapped.sim.base_position(f"object_{unwrapped.scene.index_of(colour)}")
 
 
 def test_gymnasium_check_env(env_id, make_env):
@@ -38,6 +55,7 @@ def test_spaces_and_first_observation(env_id, make_env):
     assert decode_instruction(obs["instruction"]) == info["instruction"]
     assert info["target"] in info["objects"] and info["is_success"] is False
     assert env.spec.max_episode_steps == MAX_EPISODE_STEPS
+    assert info["task"] == "pick" and info["roles"] == {"target": info["target"]} and info["fixtures"] == []
     # The picture is not blank: the table, the objects and the robot show.
     assert len(np.unique(obs["rgb"].reshape(-1, 3), axis=0)) > 20
 
@@ -71,10 +89,8 @@ def test_contact_rich_episode_independent_of_history(make_env):
     Random actions rarely touch anything; the expert grasps, which is where PyBullet's
     contact order would leak history without deterministic overlapping pairs.
     """
-    from vla_gym.agents.scripted import ScriptedPickPolicy
-
     def run(env, seed):
-        policy = ScriptedPickPolicy(env, noise_std=0.3, seed=seed)
+        policy = ScriptedExpert(env, noise_std=0.3, seed=seed)
         obs, _ = env.reset(seed=seed)
         trajectory, done = [obs["proprio"]], False
         while not done:
@@ -244,7 +260,7 @@ def test_wrong_object_lift_is_not_success(env_id, make_env):
     env = make_env(env_id)
     obs, info = env.reset(seed=5)
     wrong = next(o["colour"] for o in info["objects"] if o != info["target"])
-    policy = ScriptedPickPolicy(env, target=wrong)
+    policy = ScriptedExpert(env, roles={"target": wrong})
     unwrapped = env.unwrapped
     lifted = False
     for _ in range(MAX_EPISODE_STEPS):
@@ -272,26 +288,27 @@ def test_resting_objects_wake_up_when_pushed(make_env):
     env = make_env(num_objects=2)
     _, info = env.reset(seed=3)
     colour = info["objects"][0]["colour"]
-    start = env.unwrapped.object_position(colour)
+    start = object_position(env, colour)
     behind = start + np.array([-0.09, 0.0, 0.0])
     # Closed fingers, so the object cannot pass between them.
     drive_ee_to(env, behind + np.array([0.0, 0.0, 0.1]), 12, grip=1.0)
     drive_ee_to(env, behind, 8, grip=1.0)
     drive_ee_to(env, start + np.array([0.08, 0.0, 0.0]), 10, grip=1.0)
-    moved = env.unwrapped.object_position(colour) - start
+    moved = object_position(env, colour) - start
     assert moved[0] > 0.03, f"the pushed object moved only {moved} m"
 
 
 def test_expert_success_terminates_with_reward_one(env_id, make_env):
     env = make_env(env_id)
     obs, _ = env.reset(seed=6)
-    policy = ScriptedPickPolicy(env)
+    policy = ScriptedExpert(env)
     for _ in range(MAX_EPISODE_STEPS):
         obs, reward, terminated, truncated, info = env.step(policy.predict(obs)[0])
         if terminated or truncated:
             break
     assert terminated and not truncated and info["is_success"] and reward == 1.0
-    assert env.unwrapped.task.target_height() >= LIFT_HEIGHT
+    task = env.unwrapped.task
+    assert task.bottom_height(task.episode.roles["target"]) >= LIFT_HEIGHT
 
 
 def test_dense_reward_in_unit_interval_and_informative(make_env):
@@ -299,7 +316,7 @@ def test_dense_reward_in_unit_interval_and_informative(make_env):
     expert_rewards, random_rewards = [], []
     for seed in range(3):
         obs, _ = env.reset(seed=seed)
-        policy = ScriptedPickPolicy(env)
+        policy = ScriptedExpert(env)
         for _ in range(MAX_EPISODE_STEPS):
             obs, r, terminated, truncated, _ = env.step(policy.predict(obs)[0])
             expert_rewards.append(r)

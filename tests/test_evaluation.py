@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vla_gym.agents import ScriptedPickPolicy
-from vla_gym.envs.pick_env import VIEWER_SIZE
+from vla_gym.envs.experts import ScriptedExpert
+from vla_gym.envs.spaces import VIEWER_SIZE
 from vla_gym.evaluation import (
     VIDEO_HOLD_FRAMES,
     VIDEO_TEXT_LINES,
@@ -82,14 +82,14 @@ def test_random_policy_is_seeded(make_env):
     a = [policy_from_spec("random", env, seed=3).predict(None)[0] for _ in range(2)]
     np.testing.assert_array_equal(a[0], a[1])
     assert isinstance(policy_from_spec("random", env), RandomPolicy)
-    assert isinstance(policy_from_spec("scripted", env), ScriptedPickPolicy)
+    assert isinstance(policy_from_spec("scripted", env), ScriptedExpert)
 
 
 def test_video_of_the_first_episodes(make_env, tmp_path):
     env = make_env(render_mode="rgb_array")
     path = tmp_path / "videos" / "eval.mp4"
     seeds = [FIRST_SEED, FIRST_SEED + 1]
-    result = evaluate(env, ScriptedPickPolicy, seeds, video_path=path, video_episodes=1, progress=True)
+    result = evaluate(env, ScriptedExpert, seeds, video_path=path, video_episodes=1, progress=True)
     assert result.success_rate == 1.0
     assert [p.name for p in path.parent.iterdir()] == ["eval.mp4"]
     capture = cv2.VideoCapture(str(path))
@@ -108,14 +108,14 @@ def test_video_of_the_first_episodes(make_env, tmp_path):
 
 def test_video_needs_mp4_suffix_and_rgb_array(make_env, tmp_path):
     with pytest.raises(ValueError, match=r"\.mp4"):
-        evaluate(make_env(render_mode="rgb_array"), ScriptedPickPolicy, [0], video_path=tmp_path / "eval.avi")
+        evaluate(make_env(render_mode="rgb_array"), ScriptedExpert, [0], video_path=tmp_path / "eval.avi")
     with pytest.raises(ValueError, match=r"\.mp4"):
         run_evaluation("scripted", episodes=1, video_path=str(tmp_path / "eval"), progress=False)
     with pytest.raises(ValueError, match="render_mode='rgb_array'"):
-        evaluate(make_env(), ScriptedPickPolicy, [0], video_path=tmp_path / "eval.mp4")
+        evaluate(make_env(), ScriptedExpert, [0], video_path=tmp_path / "eval.mp4")
     with pytest.raises(ValueError, match="video_episodes"):
         evaluate(
-            make_env(render_mode="rgb_array"), ScriptedPickPolicy, [0], video_path=tmp_path / "e.mp4", video_episodes=0
+            make_env(render_mode="rgb_array"), ScriptedExpert, [0], video_path=tmp_path / "e.mp4", video_episodes=0
         )
     assert list(tmp_path.iterdir()) == []
 
@@ -141,7 +141,7 @@ def test_options_callable_chooses_the_target_per_seed(make_env):
         calls.append((seed, index))
         return {"target": chosen[seed]}
 
-    result = evaluate(env, ScriptedPickPolicy, seeds, options=options)
+    result = evaluate(env, ScriptedExpert, seeds, options=options)
     assert calls == [(seed, i) for i, seed in enumerate(seeds)]
     assert [r["target"] for r in result.episodes_log] == [chosen[s] for s in seeds]
     assert result.success_rate == 1.0
@@ -159,7 +159,7 @@ def test_bad_arguments_are_clear_errors(make_env):
     with pytest.raises(ValueError, match="magenta"):
         run_evaluation("scripted", episodes=1, target="magenta")
     with pytest.raises(TypeError, match="options"):
-        evaluate(make_env(), ScriptedPickPolicy, [0], options=["target", "red"])
+        evaluate(make_env(), ScriptedExpert, [0], options=["target", "red"])
 
 
 def test_eval_result_is_backwards_compatible(tmp_path):

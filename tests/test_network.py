@@ -17,7 +17,7 @@ from vla_gym.agents.network import (
     info_nce,
 )
 from vla_gym.envs.language import encode_instruction
-from vla_gym.envs.pick_env import make_action_space, make_observation_space
+from vla_gym.envs.spaces import make_action_space, make_observation_space
 
 SMALL = {"channels": [8, 8, 16, 16], "features_dim": 32, "net_arch": {"pi": [32], "vf": [32]}}
 

@@ -13,7 +13,8 @@ import pytest
 
 from tests.conftest import ALL_ENV_IDS
 from vla_gym.envs.language import words_of_split
-from vla_gym.envs.pick_env import AGENT_CAMERA, VLAPickConfig
+from vla_gym.envs.spaces import AGENT_CAMERA
+from vla_gym.envs.tabletop_env import TabletopConfig
 from vla_gym.envs.pybullet_sim import Camera
 from vla_gym.envs.scene import (
     COLOURS,
@@ -116,16 +117,16 @@ def test_camera_jitter_moves_the_view_not_the_scene(make_env):
 )
 def test_bad_camera_jitter_raises(value, message):
     with pytest.raises(ValueError, match=message):
-        VLAPickConfig(camera_jitter=value)
+        TabletopConfig(camera_jitter=value)
 
 
 def test_bad_object_split_raises():
     with pytest.raises(ValueError, match=r"object_split='val' is not available; choose one of \('train', 'test'\)"):
-        VLAPickConfig(object_split="val")
+        TabletopConfig(object_split="val")
 
 
 def test_camera_jitter_zero_means_fixed():
-    assert VLAPickConfig(camera_jitter=0).camera_jitter == (0.0, 0.0)
+    assert TabletopConfig(camera_jitter=0).camera_jitter == (0.0, 0.0)
 
 
 def test_camera_round_trips_through_json():

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_gym.envs.registration import DEFAULT_ENV_ID
 from vla_gym.fileio import atomic_write_bytes, atomic_write_text
 
 #: First evaluation seed of the benchmark. Seeds of the other stages: demos 0+ (one per
@@ -122,7 +123,7 @@ class BenchmarkConfig:
     episodes: int = 200
     seed: int = BENCHMARK_SEED
     splits: list[str] = field(default_factory=lambda: [split.name for split in SPLITS])
-    env_id: str = "VLAPick-v0"
+    env_id: str = DEFAULT_ENV_ID
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     device: str = "cpu"
@@ -496,7 +497,7 @@ def benchmark_command(config: BenchmarkConfig) -> str:
         parts.append(f"--seed {config.seed}")
     if config.splits != [s.name for s in SPLITS]:
         parts.append(f"--splits {','.join(config.splits)}")
-    if config.env_id != "VLAPick-v0":
+    if config.env_id != DEFAULT_ENV_ID:
         parts.append(f"--env {config.env_id}")
     if config.env_kwargs:
         parts.append(f"--env-kwargs {q(json.dumps(config.env_kwargs))}")

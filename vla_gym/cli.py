@@ -10,8 +10,11 @@ from collections.abc import Sequence
 import gymnasium as gym
 
 import vla_gym  # noqa: F401  (registers the env ids)
-from vla_gym.envs import ENV_IDS
-from vla_gym.visualize import observation_panel, save_png
+import numpy as np
+
+from vla_gym.envs import DEFAULT_ENV_ID, ENV_IDS
+from vla_gym.envs.registration import TASK_ENVS
+from vla_gym.visualize import observation_panel, put_text_band, save_png
 
 
 def render_observation(
@@ -22,20 +25,63 @@ def render_observation(
 
     Returns the instruction of the episode.
     """
-    options = {"target": target, "instruction": instruction}
+    image, text = _render_one(env_id, seed, scale, target, instruction, image_size, view)
+    save_png(out, image)
+    return text
+
+
+def render_grid(env_ids: Sequence[str], seed: int, out: str, view: str = "viewer", columns: int = 3) -> list[str]:
+    """One panel per env id (reset with ``seed``), the instruction above each, tiled in
+    ``columns`` columns into one PNG. Returns the instructions."""
+    panels, texts = [], []
+    for env_id in env_ids:
+        image, text = _render_one(env_id, seed, view=view)
+        panels.append(put_text_band(image, f"{env_id}: {text}"))
+        texts.append(text)
+    height, width = max(p.shape[0] for p in panels), max(p.shape[1] for p in panels)
+    panels = [np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
+    blank = np.full_like(panels[0], 255)
+    rows = [panels[i : i + columns] for i in range(0, len(panels), columns)]
+    rows[-1] = rows[-1] + [blank] * (columns - len(rows[-1])) if len(rows) > 1 else rows[-1]
+    save_png(out, np.concatenate([np.concatenate(row, axis=1) for row in rows], axis=0))
+    return texts
+
+
+def _render_one(
+    env_id: str, seed: int, scale: int = 4, target: str | None = None, instruction: str | None = None,
+    image_size: int = 84, view: str = "agent",
+) -> tuple[np.ndarray, str]:
+    options = {k: v for k, v in (("target", target), ("instruction", instruction)) if v is not None}
     env = gym.make(env_id, image_size=image_size, render_mode="rgb_array" if view == "viewer" else None)
     try:
         obs, info = env.reset(seed=seed, options=options)
         image = env.render() if view == "viewer" else observation_panel(obs, scale=scale)
-        save_png(out, image)
-        return info["instruction"]
+        return image, info["instruction"]
     finally:
         env.close()
 
 
+#: ``vla-gym render --env tasks``: one panel per task (its sparse-reward id).
+ALL_TASKS = "tasks"
+
+
+def _env_list(text: str) -> list[str]:
+    """argparse type: an env id, a comma-separated list of ids, or ``tasks`` (every task's id)."""
+    if text == ALL_TASKS:
+        return [stem + "-v0" for stem, _ in TASK_ENVS]
+    ids = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [i for i in ids if i not in ENV_IDS]
+    if not ids or unknown:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: choose an env id, a comma-separated list of them, or {ALL_TASKS!r}; ids: {sorted(ENV_IDS)}"
+        )
+    return ids
+
+
 def _add_render(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("render", help="save a PNG of an observation (RGB | depth)")
-    p.add_argument("--env", default="VLAPick-v0", choices=sorted(ENV_IDS))
+    p = sub.add_parser("render", help="save a PNG of an observation (RGB | depth), or of several envs' scenes")
+    p.add_argument("--env", default=[DEFAULT_ENV_ID], type=_env_list,
+                   help=f"an env id, a comma-separated list (one panel each), or {ALL_TASKS!r} for every task")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="obs.png")
     p.add_argument("--scale", type=int, default=4, help="upscaling factor of the saved picture")
@@ -61,7 +107,7 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
     from vla_gym.data.collect import DEFAULT_NOISE_STD
 
     p = sub.add_parser("collect", help="record scripted-expert demos into an HDF5 file")
-    p.add_argument("--env", default="VLAPick-v0", choices=sorted(ENV_IDS))
+    p.add_argument("--env", default=DEFAULT_ENV_ID, choices=sorted(ENV_IDS))
     p.add_argument("--env-kwargs", type=_json_dict, default=None, help="JSON object of extra env kwargs")
     p.add_argument("--episodes", type=int, default=1000, help="episodes to keep")
     p.add_argument("--workers", type=int, default=2, help="worker processes (<= 1: in this process)")
@@ -136,7 +182,7 @@ def _add_train_ppo(sub: argparse._SubParsersAction) -> None:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="success rate of a policy on fixed seeds (95%% Wilson interval)")
     p.add_argument("--policy", required=True, help="checkpoint path, or 'scripted' / 'random'")
-    p.add_argument("--env", default="VLAPick-v0", choices=sorted(ENV_IDS))
+    p.add_argument("--env", default=DEFAULT_ENV_ID, choices=sorted(ENV_IDS))
     p.add_argument("--env-kwargs", type=_json_dict, default=None,
                    help='JSON object of env kwargs, e.g. \'{"instruction_split": "test"}\'')
     p.add_argument("--episodes", type=int, default=100)
@@ -163,7 +209,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=BENCHMARK_SEED,
                    help=f"first seed (default {BENCHMARK_SEED}: used by no training stage)")
     p.add_argument("--splits", default=",".join(s.name for s in SPLITS), help="comma-separated split names")
-    p.add_argument("--env", default="VLAPick-v0", choices=sorted(ENV_IDS))
+    p.add_argument("--env", default=DEFAULT_ENV_ID, choices=sorted(ENV_IDS))
     p.add_argument("--env-kwargs", type=_json_dict, default=None,
                    help="JSON object of base env kwargs (not the split keys); image_size defaults to the checkpoints'")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
@@ -172,12 +218,17 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    if args.command == "render":
+    if args.command == "render" and len(args.env) > 1:
+        if args.target is not None or args.instruction is not None:
+            raise ValueError("--target and --instruction apply to one env; give one --env id with them")
+        for env_id, text in zip(args.env, render_grid(args.env, args.seed, args.out, view=args.view)):
+            print(f"{args.out}: {env_id} seed {args.seed}: {text!r}")
+    elif args.command == "render":
         text = render_observation(
-            args.env, args.seed, args.out, scale=args.scale, target=args.target,
+            args.env[0], args.seed, args.out, scale=args.scale, target=args.target,
             instruction=args.instruction, image_size=args.image_size, view=args.view,
         )
-        print(f"{args.out}: {args.env} seed {args.seed}: {text!r}")
+        print(f"{args.out}: {args.env[0]} seed {args.seed}: {text!r}")
     elif args.command == "collect":
         from vla_gym.data.collect import CollectConfig, collect_demos
 

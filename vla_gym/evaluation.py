@@ -1,5 +1,6 @@
 """Roll out any policy with ``predict(obs, deterministic=True) -> (action, state)`` on fixed
-seeds and report its success rate with a 95 % Wilson interval, per target colour too.
+seeds and report its success rate with a 95 % Wilson interval, per task and per target
+colour too.
 
 :func:`evaluate` runs a policy on an env (optionally recording an MP4 of the first
 episodes); :func:`policy_from_spec` turns a command-line string (``"scripted"``,
@@ -23,6 +24,7 @@ import cv2
 import gymnasium as gym
 import numpy as np
 
+from vla_gym.envs.registration import DEFAULT_ENV_ID
 from vla_gym.envs.scene import COLOURS
 from vla_gym.fileio import FILE_MODE, atomic_write_text
 from vla_gym.visualize import put_text_band
@@ -69,9 +71,9 @@ class EvalResult:
         successes: episodes that ended in success.
         mean_length: mean episode length in env steps.
         per_target: per target colour, ``{"episodes": int, "successes": int}``.
-        episodes_log: one record per episode, in order: ``seed`` (int), ``target``
-            (the goal's colour), ``instruction`` (str), ``success`` (bool), ``length``
-            (env steps).
+        episodes_log: one record per episode, in order: ``seed`` (int), ``task`` (its
+            name), ``target`` (the goal's colour), ``instruction`` (str), ``success``
+            (bool), ``length`` (env steps), ``subgoals_done`` and ``num_subgoals`` (ints).
     """
 
     episodes: int
@@ -79,6 +81,23 @@ class EvalResult:
     mean_length: float
     per_target: dict[str, dict[str, int]] = field(default_factory=dict)
     episodes_log: list[dict[str, Any]] = field(default_factory=list)
+
+    def per_task_stats(self) -> dict[str, dict[str, Any]]:
+        """Per task (sorted): episodes, successes, success_rate, ci95 [lo, hi], and the mean
+        number of subgoals done and of subgoals (CALVIN-style progress)."""
+        stats: dict[str, dict[str, Any]] = {}
+        for task in sorted({record.get("task", "pick") for record in self.episodes_log}):
+            records = [r for r in self.episodes_log if r.get("task", "pick") == task]
+            n, k = len(records), sum(bool(r["success"]) for r in records)
+            stats[task] = {
+                "episodes": n,
+                "successes": k,
+                "success_rate": k / n,
+                "ci95": list(wilson_interval(k, n)),
+                "mean_subgoals_done": float(np.mean([r.get("subgoals_done", int(r["success"])) for r in records])),
+                "num_subgoals": float(np.mean([r.get("num_subgoals", 1) for r in records])),
+            }
+        return stats
 
     @property
     def success_rate(self) -> float:
@@ -112,6 +131,7 @@ class EvalResult:
             "ci95": list(self.interval),
             "mean_length": self.mean_length,
             "per_target": self.per_target_stats(),
+            "per_task": self.per_task_stats(),
             "episodes_log": [dict(record) for record in self.episodes_log],
         }
 
@@ -255,8 +275,8 @@ def evaluate(
     (``gym.make`` adds the registered one).
 
     Args:
-        env: a ``VLAPick`` env (its ``info`` must hold ``target``, ``instruction`` and
-            ``is_success``).
+        env: a vla_gym env (its ``info`` holds ``task``, ``target``, ``instruction``,
+            ``is_success``, ``subgoals_done`` and ``num_subgoals``).
         policy_factory: ``env -> policy`` with ``predict(obs, deterministic=...)``
             returning ``(action, state)``.
         seeds: one episode per seed, in order.
@@ -318,7 +338,16 @@ def evaluate(
             cell["episodes"] += 1
             cell["successes"] += success
             log.append(
-                {"seed": seed, "target": colour, "instruction": instruction, "success": success, "length": length}
+                {
+                    "seed": seed,
+                    "task": info["task"],
+                    "target": colour,
+                    "instruction": instruction,
+                    "success": success,
+                    "length": length,
+                    "subgoals_done": int(info["subgoals_done"]),
+                    "num_subgoals": int(info["num_subgoals"]),
+                }
             )
             if bar is not None:
                 bar.set_postfix(success=f"{successes / (index + 1):.1%}", refresh=False)
@@ -357,14 +386,15 @@ class RandomPolicy:
 def policy_from_spec(spec: str, env: gym.Env, device: str = "auto", seed: int = 0) -> Any:
     """Build a policy from a command-line string.
 
-    ``"scripted"``: :class:`~vla_gym.agents.ScriptedPickPolicy` (privileged expert);
+    ``"scripted"``: :class:`~vla_gym.envs.experts.ScriptedExpert` (privileged expert for
+    whatever task each episode runs);
     ``"random"``: :class:`RandomPolicy` on ``env.action_space`` seeded with ``seed``;
     anything else: a checkpoint file loaded by ``vla_gym.agents.load_policy(spec, device=device)``.
     """
     if spec == "scripted":
-        from vla_gym.agents import ScriptedPickPolicy
+        from vla_gym.envs.experts import ScriptedExpert
 
-        return ScriptedPickPolicy(env)
+        return ScriptedExpert(env)
     if spec == "random":
         return RandomPolicy(env.action_space, seed=seed)
     if not Path(spec).exists():
@@ -385,16 +415,29 @@ def policy_from_spec(spec: str, env: gym.Env, device: str = "auto", seed: int = 
 
 
 def swapped_target_options(env: gym.Env) -> Callable[[int, int], dict[str, Any]]:
-    """Reset options for a grounding check: on each seed's own scene, the goal becomes the
-    object after the seed's default target (in spawn order), and the instruction names it.
+    """Reset options for a grounding check: on each seed's own scene (and task), the goal
+    becomes the next object after the seed's default target (in spawn order) that can be
+    the task's target (not playing another role, and describable by the task), and the
+    instruction names it.
 
-    Probes each seed with a plain reset first (the scene depends on the seed alone).
+    Probes each seed with plain resets first (the scene depends on the seed alone).
     """
 
     def options(seed: int, index: int) -> dict[str, Any]:
         _, info = env.reset(seed=seed)
         colours = [obj["colour"] for obj in info["objects"]]
-        return {"target": colours[(colours.index(info["target"]["colour"]) + 1) % len(colours)]}
+        taken = {r["colour"] for name, r in info["roles"].items() if name != "target" and "shape" in r}
+        start = colours.index(info["target"]["colour"])
+        for step in range(1, len(colours)):
+            colour = colours[(start + step) % len(colours)]
+            if colour in taken:
+                continue
+            try:
+                env.reset(seed=seed, options={"target": colour})
+            except ValueError:  # e.g. no spatial relation picks that object out
+                continue
+            return {"target": colour}
+        raise ValueError(f"seed {seed}: no other object of the scene can be the {info['task']} task's target")
 
     return options
 
@@ -419,7 +462,7 @@ def _seeds_with_target(env: gym.Env, colour: str, first_seed: int, episodes: int
 
 def run_evaluation(
     policy: str,
-    env_id: str = "VLAPick-v0",
+    env_id: str = DEFAULT_ENV_ID,
     episodes: int = 100,
     seed: int = 100000,
     json_path: str | os.PathLike | None = None,

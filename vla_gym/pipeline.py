@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from vla_gym.envs.registration import DEFAULT_ENV_ID
 from vla_gym.fileio import atomic_write_text
 
 #: Evaluation seeds of the report: the same block as the BC benchmark, used by no training
@@ -83,7 +84,7 @@ class AgentConfig:
 
     out: str = "runs/agent"
     preset: str = "custom"
-    env_id: str = "VLAPick-v0"
+    env_id: str = DEFAULT_ENV_ID
     demo_episodes: int = 1000
     demo_workers: int = 2
     bc: dict[str, Any] = field(default_factory=dict)

@@ -43,6 +43,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import explained_variance, set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
+from vla_gym.envs.registration import DEFAULT_ENV_ID
 from vla_gym.agents.checkpoint import (
     CheckpointError,
     load_policy,
@@ -111,7 +112,7 @@ class PPOConfig:
 
     init: str | None = None
     out: str = "runs/ppo"
-    env_id: str = "VLAPick-v0"
+    env_id: str = DEFAULT_ENV_ID
     env_kwargs: dict[str, Any] | None = None
     timesteps: int = 200_000
     n_envs: int = 8

@@ -17,12 +17,25 @@ import h5py
 import numpy as np
 
 import vla_gym
-from vla_gym.data.format import FORMAT_VERSION, OBS_KEYS, STATE_KEYS, demo_name, env_args, held_out_splits
+from vla_gym.envs.registration import DEFAULT_ENV_ID
+from vla_gym.data.format import (
+    FORMAT_VERSION,
+    OBS_KEYS,
+    demo_name,
+    env_args,
+    held_out_splits,
+    POSITIONS_SUFFIX,
+    role_positions_key,
+)
 from vla_gym.fileio import atomic_path
 
 #: Second entry of the expert-noise seed ``[episode_seed, NOISE_STREAM]``, so the noise
 #: stream differs from the env's own stream seeded by ``episode_seed``.
 NOISE_STREAM = 1
+#: Second entry of the paraphrase seed ``[episode_seed, PARAPHRASE_STREAM]``.
+PARAPHRASE_STREAM = 2
+#: Train-split phrasings of each episode's goal stored beside its instruction.
+NUM_PARAPHRASES = 8
 DEFAULT_NOISE_STD = 0.3
 #: Images are stored with HDF5's shuffle + gzip (deflate) filters at this level: byte
 #: shuffling squeezes float32 depth well, and level 1 keeps the workers fast.
@@ -49,7 +62,7 @@ class CollectConfig:
     """
 
     out: str
-    env_id: str = "VLAPick-v0"
+    env_id: str = DEFAULT_ENV_ID
     episodes: int = 1000
     workers: int = 2
     seed: int = 0
@@ -110,26 +123,29 @@ def _init_worker(env_id: str, env_kwargs: dict[str, Any] | None, noise_std: floa
 
 def _record_episode(seed: int) -> dict[str, Any]:
     """Run the expert for one episode from ``reset(seed=seed)``; arrays stacked over steps."""
-    from vla_gym.agents.scripted import ScriptedPickPolicy
+    from vla_gym.envs.experts import ScriptedExpert
 
     env = _WORKER["env"]
-    policy = ScriptedPickPolicy(env, noise_std=_WORKER["noise_std"], seed=[seed, NOISE_STREAM])
+    policy = ScriptedExpert(env, noise_std=_WORKER["noise_std"], seed=[seed, NOISE_STREAM])
     obs, info = env.reset(seed=seed)
-    steps: dict[str, list] = {k: [] for k in (*OBS_KEYS, *STATE_KEYS, "actions", "executed_actions", "rewards", "dones")}
-    colour = info["target"]["colour"]
+    roles = sorted(info["roles"])
+    steps: dict[str, list] = {k: [] for k in (*OBS_KEYS, "actions", "executed_actions", "rewards", "dones")}
+    positions: dict[str, list] = {role: [] for role in roles}
     done = False
     while not done:
         clean, noisy = policy.act_noisy()
         for key in OBS_KEYS:
             steps[key].append(obs[key])
-        steps["target_positions"].append(env.unwrapped.object_position(colour).astype(np.float32))
+        for role in roles:
+            positions[role].append(env.unwrapped.role_position(role).astype(np.float32))
         obs, reward, terminated, truncated, info = env.step(noisy)
         done = terminated or truncated
         steps["actions"].append(clean)
         steps["executed_actions"].append(noisy)
         steps["rewards"].append(reward)
         steps["dones"].append(done)
-    arrays = {k: np.stack(v) for k, v in steps.items() if k in (*OBS_KEYS, *STATE_KEYS, "actions", "executed_actions")}
+    arrays = {k: np.stack(v) for k, v in steps.items() if k in (*OBS_KEYS, "actions", "executed_actions")}
+    arrays.update({role_positions_key(role): np.stack(v) for role, v in positions.items()})
     arrays["rewards"] = np.asarray(steps["rewards"], np.float32)
     arrays["dones"] = np.asarray(steps["dones"], np.uint8)
     # Images are compressed here, in the worker, one HDF5 chunk per frame; the writer
@@ -140,14 +156,27 @@ def _record_episode(seed: int) -> dict[str, Any]:
         "images": {k: (v.shape, v.dtype.str, [compress_chunk(frame) for frame in v]) for k, v in images.items()},
         "attrs": {
             "num_samples": len(arrays["rewards"]),
+            "task": info["task"],
             "instruction": info["instruction"],
+            "paraphrases": json.dumps(_paraphrases(env.unwrapped, seed)),
+            "roles": json.dumps(info["roles"]),
             "target_colour": info["target"]["colour"],
             "target_shape": info["target"]["shape"],
             "seed": seed,
             "success": bool(info["is_success"]),
+            "subgoals_done": int(info["subgoals_done"]),
+            "num_subgoals": int(info["num_subgoals"]),
             "camera": json.dumps(env.unwrapped.agent_camera.to_dict()),
         },
     }
+
+
+def _paraphrases(env: Any, seed: int) -> list[str]:
+    """:data:`NUM_PARAPHRASES` other train-split phrasings of the episode's goal (for
+    instruction augmentation in training), from their own random stream."""
+    rng = np.random.default_rng([seed, PARAPHRASE_STREAM])
+    task = env.task
+    return [task.sample_instruction(rng, task.episode, "train") for _ in range(NUM_PARAPHRASES)]
 
 
 def compress_chunk(frame: np.ndarray) -> bytes:
@@ -187,7 +216,7 @@ def _write_episode(data: h5py.Group, index: int, episode: dict[str, Any]) -> Non
 def _dataset_name(key: str) -> str:
     if key in OBS_KEYS:
         return f"obs/{key}"
-    return f"states/{key}" if key in STATE_KEYS else key
+    return f"states/{key}" if key.endswith(POSITIONS_SUFFIX) else key
 
 
 def _episode_results(config: CollectConfig, seeds: list[int]) -> Iterator[dict[str, Any]]:
@@ -254,7 +283,7 @@ def _write_metadata(handle: h5py.File, config: CollectConfig, kept: int, frames:
     data.attrs["env_args"] = json.dumps(env_args(config.env_id, config.env_kwargs))
     data.attrs["total"] = frames
     collector = {k: v for k, v in asdict(config).items() if k not in ("out", "workers", "env_kwargs", "env_id")}
-    collector.update(policy="ScriptedPickPolicy", attempts=attempts, vla_gym_version=vla_gym.__version__)
+    collector.update(policy="ScriptedExpert", attempts=attempts, vla_gym_version=vla_gym.__version__)
     data.attrs["collector"] = json.dumps(collector)
     names = [demo_name(i) for i in range(kept)]
     order = np.random.default_rng(config.seed).permutation(kept)

@@ -8,15 +8,19 @@ Layout (``T`` = steps of an episode, ``S`` = image side)::
     data/demo_<i>/obs/depth        float32 (T, S, S, 1)   metres, chunked, compressed
     data/demo_<i>/obs/proprio      float32 (T, 8)
     data/demo_<i>/obs/instruction  uint8   (T, 128)       UTF-8, zero padded
-    data/demo_<i>/states/target_positions
-                                   float32 (T, 3)         privileged: the goal object's centre (m)
+    data/demo_<i>/states/<role>_positions
+                                   float32 (T, 3)         privileged: each role's body centre (m);
+                                                          target_positions in every episode
     data/demo_<i>/actions          float32 (T, 4)         the expert's noise-free action (the label)
     data/demo_<i>/executed_actions float32 (T, 4)         what was sent to the env (label + noise)
     data/demo_<i>/rewards          float32 (T,)
     data/demo_<i>/dones            uint8   (T,)           1 on the step that ended the episode
-                                   attrs: num_samples, instruction, target_colour, target_shape,
-                                          seed, success, camera (JSON: the agent camera's
-                                          pose, which moves under camera_jitter)
+                                   attrs: num_samples, task, instruction, paraphrases (JSON:
+                                          other train-split phrasings), roles (JSON: role ->
+                                          colour and shape or kind), target_colour, target_shape,
+                                          seed, success, subgoals_done, num_subgoals, camera
+                                          (JSON: the agent camera's pose, which moves under
+                                          camera_jitter)
     mask/train, mask/valid         bytes   episode names, split by episode (never by frame)
 
 ``obs[t]`` is the observation the action ``actions[t]`` was chosen from.
@@ -41,9 +45,11 @@ from vla_gym.data.format import (
     FORMAT_VERSION,
     OBS_KEYS,
     STATE_KEYS,
+    LEGACY_TASK,
     DatasetError,
     env_config_dict,
 )
+from vla_gym.envs.scene import COLOURS
 from vla_gym.envs.spaces import AGENT_CAMERA
 from vla_gym.envs.pybullet_sim import Camera
 
@@ -152,6 +158,8 @@ class DemoDataset(Dataset):
         path: demo file from ``vla-gym collect``.
         split: "train", "valid" (the file's masks) or "all".
         only_successful: skip episodes whose ``success`` attribute is false.
+        tasks: keep only the episodes of these tasks (names of
+            :data:`vla_gym.envs.tasks.TASKS`; None keeps every episode).
         paraphrase_prob: probability that an item's instruction is replaced by a fresh
             train-split phrasing of the same target (see :func:`paraphrase_instruction`).
         seed: seeds the paraphrasing (each DataLoader worker adds its worker seed).
@@ -164,6 +172,7 @@ class DemoDataset(Dataset):
         path: str | os.PathLike,
         split: str = "train",
         only_successful: bool = True,
+        tasks: Sequence[str] | None = None,
         in_memory: bool = False,
         paraphrase_prob: float = 0.0,
         seed: int = 0,
@@ -184,7 +193,11 @@ class DemoDataset(Dataset):
                 names = sorted(_mask(handle, split), key=_demo_sort_key)
             if only_successful:
                 names = [n for n in names if bool(data[n].attrs["success"])]
+            if tasks is not None:
+                names = _filter_tasks(data, names, tasks, str(path))
             self.episodes = names
+            self.tasks = [episode_task(data[n]) for n in names]
+            self.paraphrases = [_episode_paraphrases(data[n]) for n in names]
             self.lengths = np.array([int(data[n].attrs["num_samples"]) for n in names], dtype=np.int64)
             self.targets = [(str(data[n].attrs["target_colour"]), str(data[n].attrs["target_shape"])) for n in names]
             self.cameras = [_episode_camera(data[n]) for n in names]
@@ -230,9 +243,18 @@ class DemoDataset(Dataset):
         item = {k: np.array(v) for k, v in item.items()}
         item["return"] = np.float32(self.returns[index])
         if self.paraphrase_prob > 0 and self._generator().random() < self.paraphrase_prob:
-            colour, shape = self.targets[episode]
-            item["instruction"] = encode_instruction(paraphrase_instruction(self._generator(), colour, shape))
+            item["instruction"] = encode_instruction(self._paraphrase(episode))
         return item
+
+    def _paraphrase(self, episode: int) -> str:
+        """One of the episode's stored train-split phrasings with some words dropped (files
+        from before the task suite: a fresh pick phrasing of the target)."""
+        rng = self._generator()
+        options = self.paraphrases[episode]
+        if not options:
+            colour, shape = self.targets[episode]
+            return paraphrase_instruction(rng, colour, shape)
+        return drop_words(rng, options[int(rng.integers(len(options)))])
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
         """A whole batch at once, stacked: each key gets a leading batch dimension.
@@ -333,7 +355,32 @@ WORD_DROP_PROB = 0.15
 
 
 def paraphrase_instruction(rng: np.random.Generator, colour: str, shape: str) -> str:
-    """A fresh train-split phrasing naming the ``colour`` ``shape``, with some words dropped."""
-    words = sample_instruction(rng, colour, shape, "train").split()
-    kept = [w for w in words if w == colour or rng.random() >= WORD_DROP_PROB]
+    """A fresh pick phrasing (train split) naming the ``colour`` ``shape``, with some words dropped."""
+    return drop_words(rng, sample_instruction(rng, colour, shape, "train"))
+
+
+def drop_words(rng: np.random.Generator, text: str) -> str:
+    """``text`` with each word other than a colour word dropped with :data:`WORD_DROP_PROB`."""
+    kept = [w for w in text.split() if w.strip(",.?") in COLOURS or rng.random() >= WORD_DROP_PROB]
     return " ".join(kept)
+
+
+def episode_task(demo: h5py.Group) -> str:
+    """The task an episode ran (:data:`~vla_gym.data.format.LEGACY_TASK` for files from before the suite)."""
+    return str(demo.attrs.get("task", LEGACY_TASK))
+
+
+def _episode_paraphrases(demo: h5py.Group) -> list[str]:
+    return [str(t) for t in json.loads(demo.attrs["paraphrases"])] if "paraphrases" in demo.attrs else []
+
+
+def _filter_tasks(data: h5py.Group, names: list[str], tasks: Sequence[str], path: str) -> list[str]:
+    from vla_gym.envs.tasks import TASKS
+
+    if isinstance(tasks, str) or not all(t in TASKS for t in tasks):
+        raise ValueError(f"tasks={tasks!r} must be a sequence of task names from {list(TASKS)}")
+    kept = [n for n in names if episode_task(data[n]) in tasks]
+    if not kept:
+        present = sorted({episode_task(data[n]) for n in names})
+        raise DatasetError(f"demo file {path!r} holds no episode of tasks {list(tasks)}; it holds {present}")
+    return kept

@@ -12,10 +12,19 @@ from vla_gym.envs.registration import ENV_IDS
 
 FORMAT_VERSION = 1
 OBS_KEYS = ("rgb", "depth", "proprio", "instruction")
-#: Privileged simulator state per step (not observations; for auxiliary losses and analysis).
+#: Privileged simulator state per step (not observations; for auxiliary losses and analysis):
+#: ``states/<role>_positions`` for each of the episode's roles; every episode has a target.
+POSITIONS_SUFFIX = "_positions"
 STATE_KEYS = ("target_positions",)
 EPISODE_KEYS = ("actions", "rewards", "dones")
 EPISODE_ATTRS = ("num_samples", "instruction", "target_colour", "target_shape", "seed", "success", "camera")
+#: The task an episode of a file without a ``task`` attribute ran (files from before the suite).
+LEGACY_TASK = "pick"
+
+
+def role_positions_key(role: str) -> str:
+    """Name of the per-step position series (float32 (T, 3), m) of ``role``'s body."""
+    return f"{role}{POSITIONS_SUFFIX}"
 
 
 class DatasetError(ValueError):

@@ -35,8 +35,10 @@ def _ids() -> tuple[dict[str, dict], dict[str, int]]:
     return kwargs, limits
 
 
-#: Every registered id and the kwargs it fixes.
+#: Every registered id and the kwargs it fixes, and its time limit (steps).
 ENV_IDS, MAX_EPISODE_STEPS = _ids()
+#: Task name -> its sparse-reward env id.
+TASK_ENV_IDS: dict[str, str] = {task: f"{stem}-v0" for stem, task in TASK_ENVS}
 
 
 def register_envs() -> None:
