@@ -150,7 +150,10 @@ def bench_bare(
     import numpy as np
     import pybullet as p
 
-    from vla_gym.envs.pick_env import (
+    from vla_gym.envs.pybullet_sim import PyBulletSim, zbuffer_to_metres
+    from vla_gym.envs.registration import DEFAULT_ENV_ID
+    from vla_gym.envs.registration import MAX_EPISODE_STEPS as LIMITS
+    from vla_gym.envs.spaces import (
         AGENT_CAMERA,
         MAX_EE_STEP,
         SOLVER_ITERATIONS,
@@ -158,10 +161,10 @@ def bench_bare(
         TIME_STEP,
         WORKSPACE_HIGH,
         WORKSPACE_LOW,
-        VLAPickConfig,
     )
-    from vla_gym.envs.pybullet_sim import PyBulletSim, zbuffer_to_metres
-    from vla_gym.envs.registration import MAX_EPISODE_STEPS
+    from vla_gym.envs.tabletop_env import TabletopConfig
+
+    MAX_EPISODE_STEPS = LIMITS[DEFAULT_ENV_ID]
     from vla_gym.envs.robot import (
         IK_JOINT_LOWER,
         IK_JOINT_RANGE,
@@ -181,7 +184,7 @@ def bench_bare(
     )
     from vla_gym.envs.scene import Scene, sample_scene
 
-    # Static scene, built exactly as VLAPickEnv.__init__ builds it (lowpoly robot).
+    # Static scene, built exactly as VLATabletopEnv.__init__ builds it (lowpoly robot).
     sim = PyBulletSim(TIME_STEP, SOLVER_ITERATIONS, renderer=renderer)
     scene = Scene(sim)
     robot = Panda(sim, mesh="lowpoly")
@@ -192,7 +195,7 @@ def bench_bare(
     view = AGENT_CAMERA.view_matrix()
     projection = AGENT_CAMERA.projection_matrix(1.0)
     near, far = AGENT_CAMERA.near, AGENT_CAMERA.far
-    num_objects_range = VLAPickConfig().num_objects  # the env's default range
+    num_objects_range = TabletopConfig().num_objects  # the env's default range
     arm_forces = [ARM_FORCE] * len(ARM_JOINTS)
     arm_gains = [ARM_POSITION_GAIN] * len(ARM_JOINTS)
     finger_forces = [FINGER_FORCE] * len(FINGER_JOINTS)

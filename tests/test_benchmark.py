@@ -116,4 +116,4 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli_main(["benchmark", "--policies", "scripted", "--env-kwargs", '{"colour": 1}', "--out", str(tmp_path)])
     assert exc.value.code == 2
-    assert "unknown VLAPick kwargs ['colour']" in capsys.readouterr().err
+    assert "unknown vla_gym env kwargs ['colour']" in capsys.readouterr().err

@@ -148,7 +148,7 @@ def test_interrupted_collection_keeps_the_previous_file(demo_file, tmp_path, mon
         ({"noise_std": -1.0}, "noise_std"),
         ({"valid_fraction": 1.0}, "valid_fraction"),
         ({"env_id": "Nope-v0"}, "not a vla_gym env"),
-        ({"env_kwargs": {"colour": "red"}}, "unknown VLAPick kwargs"),
+        ({"env_kwargs": {"colour": "red"}}, "unknown vla_gym env kwargs"),
     ],
 )
 def test_bad_collect_config(kwargs, message, tmp_path):
@@ -227,3 +227,44 @@ def test_paraphrase_keeps_the_goal_and_uses_train_words():
     for text in texts:
         assert "purple" in text.split()
         assert set(words_of(text)) <= train_words | {"purple"}
+
+
+@pytest.fixture(scope="module")
+def multi_task_file(tmp_path_factory) -> str:
+    """Expert episodes of VLAMultiTask-v0 (several tasks), collected in this process."""
+    path = tmp_path_factory.mktemp("multi") / "multi.h5"
+    collect_demos(CollectConfig(out=str(path), env_id="VLAMultiTask-v0", episodes=5, workers=0, seed=3), progress=False)
+    return str(path)
+
+
+def test_multi_task_file_records_each_episode_task_roles_and_positions(multi_task_file):
+    from vla_gym.envs import TASKS
+
+    with h5py.File(multi_task_file) as f:
+        tasks = set()
+        for name in (n for n in f["data"] if n.startswith("demo_")):
+            demo = f["data"][name]
+            task, roles = str(demo.attrs["task"]), json.loads(demo.attrs["roles"])
+            tasks.add(task)
+            assert task in TASKS and "target" in roles
+            assert roles["target"] == {"colour": demo.attrs["target_colour"], "shape": demo.attrs["target_shape"]}
+            n = demo.attrs["num_samples"]
+            for role in roles:  # one position series per role
+                assert demo[f"states/{role}_positions"].shape == (n, 3)
+            paraphrases = json.loads(demo.attrs["paraphrases"])
+            assert len(paraphrases) == 8 and all(roles["target"]["colour"] in p for p in paraphrases)
+            assert demo.attrs["subgoals_done"] == demo.attrs["num_subgoals"] >= 1
+    assert len(tasks) >= 2
+
+
+def test_dataset_filters_by_task_and_paraphrases_from_the_episode_task(multi_task_file):
+    every = DemoDataset(multi_task_file, split="all")
+    task = every.tasks[0]
+    only = DemoDataset(multi_task_file, split="all", tasks=[task])
+    assert set(only.tasks) == {task} and 0 < len(only) <= len(every)
+    with pytest.raises(ValueError, match="tasks"):
+        DemoDataset(multi_task_file, split="all", tasks=["juggle"])
+    paraphrased = DemoDataset(multi_task_file, split="all", tasks=[task], paraphrase_prob=1.0, seed=0)
+    with open_demo_file(multi_task_file) as handle:
+        roles = json.loads(handle["data"][paraphrased.episodes[0]].attrs["roles"])
+    assert roles["target"]["colour"] in decode_instruction(paraphrased[0]["instruction"])

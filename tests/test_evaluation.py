@@ -24,8 +24,10 @@ from vla_gym.visualize import TEXT_BAND_HEIGHT
 
 FIRST_SEED = 70_000  # away from the expert's tuning seeds (< 10 000) and test_expert's
 EPISODES = 5
-RESULT_KEYS = {"metadata", "episodes", "successes", "success_rate", "ci95", "mean_length", "per_target", "episodes_log"}
-LOG_KEYS = {"seed", "target", "instruction", "success", "length"}
+RESULT_KEYS = {
+    "metadata", "episodes", "successes", "success_rate", "ci95", "mean_length", "per_target", "per_task", "episodes_log"
+}
+LOG_KEYS = {"seed", "task", "target", "instruction", "success", "length", "subgoals_done", "num_subgoals"}
 
 
 @pytest.fixture(scope="module")
