@@ -50,7 +50,7 @@ CHUNK_EPISODES = 10
 #: The package's goals for a trained agent: least success rate in these splits.
 TARGETS = {"object_test": 0.90, "instruction_test": 0.85}
 #: Keys of the env that the splits set; the base ``env_kwargs`` must leave them alone.
-SPLIT_KEYS = ("instruction_split", "object_split", "camera_jitter", "num_objects")
+SPLIT_KEYS = ("instruction_split", "object_split", "camera_jitter", "num_objects", "execution_shift")
 
 JSON_FILE = "benchmark.json"
 MARKDOWN_FILE = "benchmark.md"
@@ -82,6 +82,9 @@ SPLITS: tuple[BenchmarkSplit, ...] = (
     BenchmarkSplit("camera_jitter", "camera jitter", {"camera_jitter": list(BENCHMARK_CAMERA_JITTER)},
                    f"camera moved by up to {BENCHMARK_CAMERA_JITTER[0]} m and turned by up to "
                    f"{BENCHMARK_CAMERA_JITTER[1]} degrees per axis; the train scenes"),
+    BenchmarkSplit("execution_shift", "execution shift", {"execution_shift": "all"},
+                   "the arm starts from a random pose and the target is pushed once mid-episode "
+                   "(vla_gym.envs.tasks.shifts); the train scenes"),
     BenchmarkSplit("all_test", "all shifts",
                    {"instruction_split": "test", "object_split": "test", "camera_jitter": list(BENCHMARK_CAMERA_JITTER)},
                    "test instructions, held-out goal combination and camera jitter together"),
@@ -97,6 +100,7 @@ PAIRS = {
     "instruction": ("train", "instruction_test"),
     "object": ("train", "object_test"),
     "camera_jitter": ("train", "camera_jitter"),
+    "execution": ("train", "execution_shift"),
 }
 
 

@@ -55,8 +55,11 @@ HELD_OUT_SPLIT_KEYS = ("instruction_split", "object_split")
 
 
 def held_out_splits(env_config: dict[str, Any]) -> list[str]:
-    """``"key='test'"`` for each held-out split an env config uses (empty on the train splits)."""
-    return [f"{key}={env_config[key]!r}" for key in HELD_OUT_SPLIT_KEYS if env_config.get(key, "train") != "train"]
+    """``"key='test'"`` for each held-out split an env config uses, and the execution
+    shifts it turns on (empty on the train side)."""
+    held_out = [f"{key}={env_config[key]!r}" for key in HELD_OUT_SPLIT_KEYS if env_config.get(key, "train") != "train"]
+    shifts = env_config.get("execution_shift") or []
+    return held_out + ([f"execution_shift={list(shifts)!r}"] if shifts else [])
 
 
 def demo_name(index: int) -> str:
