@@ -18,6 +18,7 @@ MULTI_TASK_ENV_ID = "VLAMultiTask-v0"
 #: (id stem, task): ``<stem>-v0`` (sparse reward) and ``<stem>Dense-v0`` (dense) for each.
 TASK_ENVS: tuple[tuple[str, str], ...] = (
     ("VLAPick", "pick"),
+    ("VLAPush", "push"),
 )
 MULTI_TASK_STEM = "VLAMultiTask"
 

@@ -243,12 +243,14 @@ def sample_object_kinds(
     colours = [COLOURS[c] for c in rng.choice(len(COLOURS), size=num_objects, replace=False)]
     if object_split == "test":
         # The first object's colour is redrawn among those whose held-out shape can be a goal.
+        _swap_fitting_first(colours, lambda c: held_out_shape(c) in goal_shapes)
         allowed = [c for c in COLOURS if held_out_shape(c) in goal_shapes and c not in colours[1:]]
         colours[0] = allowed[int(rng.integers(len(allowed)))]
         shapes = [held_out_shape(colours[0])] + [SHAPES[k] for k in rng.integers(len(SHAPES), size=num_objects - 1)]
         candidates = [i for i, (c, sh) in enumerate(zip(colours, shapes)) if is_held_out(c, sh) and sh in goal_shapes]
     else:
         # The first object's colour is redrawn among those with a seen pair of a goal shape.
+        _swap_fitting_first(colours, lambda c: bool(set(train_shapes(c)) & set(goal_shapes)))
         allowed = [c for c in COLOURS if set(train_shapes(c)) & set(goal_shapes) and c not in colours[1:]]
         colours[0] = allowed[int(rng.integers(len(allowed)))]
         first = [sh for sh in train_shapes(colours[0]) if sh in goal_shapes]
@@ -256,6 +258,17 @@ def sample_object_kinds(
         shapes += [train_shapes(c)[k] for c, k in zip(colours[1:], rng.integers(len(SHAPES) - 1, size=num_objects - 1))]
         candidates = [i for i, sh in enumerate(shapes) if sh in goal_shapes]
     return list(zip(colours, shapes)), candidates
+
+
+def _swap_fitting_first(colours: list[str], fits) -> None:
+    """When every colour that ``fits`` (a predicate) is taken by objects 1.., swap the first
+    such object's colour with the first object's, so the first object's colour can be
+    redrawn among fitting ones (six-object scenes with narrow ``goal_shapes``). Otherwise
+    leaves ``colours`` as it is (and the random stream untouched)."""
+    if any(fits(c) and c not in colours[1:] for c in COLOURS):
+        return
+    j = next(i for i in range(1, len(colours)) if fits(colours[i]))
+    colours[0], colours[j] = colours[j], colours[0]
 
 
 def sample_fixture_kinds(

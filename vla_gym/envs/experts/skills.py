@@ -191,6 +191,81 @@ class Retreat(Skill):
         return world.robot.ee_position()[2] >= self.target(world)[2] + self.height - Z_TOLERANCE
 
 
+#: PushTo: end-effector height (m) above the body's lowest point while pushing: about a
+#: cube's (0.025) or cylinder's (0.03) centre, the closed fingers' faces (0.005 below to
+#: 0.035 above the end effector) on its side and the hand's underside (0.04 above the end
+#: effector) clear of standing objects (0.06 tall). Lower pushes tip cylinders more often.
+PUSH_HEIGHT = 0.03
+#: PushTo: travel height (m) of the end effector between pushes (the fingertips, 0.005 m
+#: below it, clear of every standing object).
+PUSH_SAFE_HEIGHT = 0.11
+#: PushTo: distance (m) from the body's centre to the end effector when the closed fingers
+#: touch it: an object's radius 0.025 plus the fingers' half thickness (0.01, pushing
+#: along x) to half width (up to 0.027, pushing along y), rounded down to 0.04.
+PUSH_CONTACT = 0.04
+#: PushTo: the descent starts this far (m) behind the body's centre, clear of a turned
+#: cube's corner (0.035) and of the fingers' half width (0.027).
+PUSH_APPROACH = 0.075
+#: PushTo: before rising off the line, the end effector backs away to this distance (m,
+#: x/y) from the body's centre, clear of it (the fingers' half width 0.027 plus a turned
+#: cube's half diagonal 0.035).
+PUSH_CLEARANCE = 0.065
+#: PushTo: the pushing goal leads the end effector by at most this much (m) along the line
+#: (the pushing speed per step), and the contact point by as much.
+PUSH_ADVANCE = 0.015
+#: PushTo: the end effector may stray this far (m) off the body's line to the goal while
+#: pushing; beyond it the pusher rises and approaches again from behind.
+PUSH_LATERAL_TOLERANCE = 0.015
+#: PushTo: done when the body's centre is this close (m, x/y) to the goal point.
+PUSH_TOLERANCE = 0.015
+
+
+class PushTo(Skill):
+    """Push the body along the table until its centre is at ``xy`` (m), gripper closed.
+
+    Reactive, from the state alone: on the line from the body's centre to ``xy``, the
+    approach point lies :data:`PUSH_APPROACH` behind the body. Above the safe height the
+    end effector travels to above the approach point, then descends there to the push
+    height (:data:`PUSH_HEIGHT` above the body's lowest point); low and behind the body
+    (within :data:`PUSH_LATERAL_TOLERANCE` of the line) it chases a point on the line at
+    most :data:`PUSH_ADVANCE` ahead of itself, which steers the body back onto the line;
+    low anywhere else (the body slid or turned off the line) it backs away from the body,
+    rises and approaches again. Spheres roll off such a pusher: push cubes and cylinders.
+    """
+
+    def __init__(self, body: str, xy) -> None:
+        super().__init__(body)
+        self.xy = np.asarray(xy, dtype=float)
+
+    def command(self, world: World) -> tuple[np.ndarray, float]:
+        ee, centre = world.robot.ee_position(), self.target(world)
+        line = self.xy - centre[:2]
+        direction = line / max(float(np.linalg.norm(line)), 1e-9)
+        push_z = max(self.bottom(world), 0.0) + PUSH_HEIGHT  # a tilted body's box dips below the table
+        approach = centre[:2] - PUSH_APPROACH * direction
+        if ee[2] >= PUSH_SAFE_HEIGHT - Z_TOLERANCE:  # high: line up above the approach point, then descend
+            z = push_z if _xy_error(ee, approach) <= XY_TOLERANCE else PUSH_SAFE_HEIGHT
+            return np.array([*approach, z]), CLOSE
+        offset = ee[:2] - centre[:2]
+        along = float(offset @ direction)  # negative behind the body
+        lateral = float(np.linalg.norm(offset - along * direction))
+        behind = -(PUSH_APPROACH + PUSH_LATERAL_TOLERANCE) <= along <= -PUSH_CONTACT + XY_TOLERANCE
+        if lateral > PUSH_LATERAL_TOLERANCE or not behind:  # off the line: approach again
+            away = offset / max(float(np.linalg.norm(offset)), 1e-9)
+            if float(np.linalg.norm(offset)) < PUSH_CLEARANCE - XY_TOLERANCE:
+                # Back off sideways first: a finger rising against the body could tip it over.
+                return np.array([*(centre[:2] + PUSH_CLEARANCE * away), ee[2]]), CLOSE
+            return np.array([*ee[:2], PUSH_SAFE_HEIGHT]), CLOSE
+        if ee[2] > push_z + Z_TOLERANCE:  # still descending onto the approach point
+            return np.array([*approach, push_z]), CLOSE
+        # On the line, at most PUSH_ADVANCE ahead of the end effector: a gentle touch, then a steady push.
+        lead = centre[:2] + min(along + PUSH_ADVANCE, PUSH_ADVANCE - PUSH_CONTACT) * direction
+        return np.array([*lead, push_z]), CLOSE
+
+    def done(self, world: World) -> bool:
+        return _xy_error(self.target(world), self.xy) <= PUSH_TOLERANCE
+
+
 def _xy_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(a)[:2] - np.asarray(b)[:2]))
 

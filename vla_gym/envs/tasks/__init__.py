@@ -6,10 +6,12 @@ plus one entry in :data:`TASKS` and one line in :mod:`vla_gym.envs.registration`
 
 from vla_gym.envs.tasks.base import Role, Task, TaskEpisode, World
 from vla_gym.envs.tasks.pick import PickTask
+from vla_gym.envs.tasks.push import PushTask
 
 #: Task name -> class, in a fixed order (``VLAMultiTask-v0`` draws among them by index).
 TASKS: dict[str, type[Task]] = {
     PickTask.name: PickTask,
+    PushTask.name: PushTask,
 }
 
 __all__ = ["TASKS", "PickTask", "Role", "Task", "TaskEpisode", "World"]
