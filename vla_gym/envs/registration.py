@@ -18,7 +18,10 @@ MULTI_TASK_ENV_ID = "VLAMultiTask-v0"
 #: (id stem, task): ``<stem>-v0`` (sparse reward) and ``<stem>Dense-v0`` (dense) for each.
 TASK_ENVS: tuple[tuple[str, str], ...] = (
     ("VLAPick", "pick"),
+    ("VLAPlace", "place"),
     ("VLAPush", "push"),
+    ("VLAStack", "stack"),
+    ("VLAPickSpatial", "spatial_pick"),
 )
 MULTI_TASK_STEM = "VLAMultiTask"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vla_gym.envs.robot import FINGER_LINKS
 from vla_gym.envs.tasks.base import World
 
 HOVER_HEIGHT = 0.10  # m above the object's centre to line up before descending
@@ -22,6 +23,12 @@ OPEN_GRIP_OPENING = 0.07  # m: a gripper this wide has released what it held
 STEP_UP = np.array([0.0, 0.0, 0.04])  # m: one full step upwards (MAX_EE_STEP)
 CARRY_XY_TOLERANCE = 0.008  # m: a carried object this close above its goal may be lowered
 LOWER_TOLERANCE = 0.004  # m: a lowered object's bottom this close to its goal height is there
+SETTLED_SPEED = 0.02  # m/s: a held object slower than this no longer slides between the fingers
+CLEAR_HEIGHT = 0.02  # m: LiftClear raises the fingertips this far above the released body's top ...
+CLEAR_STEP = 0.02  # m: ... at most this much a step
+MAX_HELD_TILT = np.radians(15.0)  # rad: a body carried this askew cannot be set down flat
+SET_DOWN_GAP = 0.01  # m: LowerOnto slows down this far above its goal height ...
+SET_DOWN_STEP = 0.005  # m: ... to at most this much a step, not to knock the base
 
 OPEN, CLOSE = -1.0, 1.0
 
@@ -165,6 +172,94 @@ class Lower(Skill):
         return self.dropped(world)
 
 
+class CarryAbove(CarryTo):
+    """:class:`CarryTo` whose goal follows another body, ``base``, live: above its centre,
+    the carried body's lowest point ``clearance`` (m) above the base's top (which may be
+    nudged while the plan runs). It steers the body's held centre (:func:`held_centre`),
+    not the body, which slides to and fro between the fingers."""
+
+    def __init__(self, body: str, base: str, clearance: float) -> None:
+        super().__init__(body, (0.0, 0.0), clearance)
+        self.base, self.clearance = base, clearance
+
+    def target(self, world: World) -> np.ndarray:
+        return held_centre(world, self.body)
+
+    def _follow(self, world: World) -> None:
+        self.xy = world.sim.base_position(self.base)[:2]
+        self.height = float(world.sim.aabb(self.base)[1][2]) + self.clearance
+
+    def command(self, world: World) -> tuple[np.ndarray, float]:
+        self._follow(world)
+        return super().command(world)
+
+    def done(self, world: World) -> bool:
+        self._follow(world)
+        return super().done(world)
+
+    def failed(self, world: World) -> bool:
+        """Dropped, or held askew (knocked over before the grasp): a new plan lets it fall flat first."""
+        return super().failed(world) or tilt(world, self.body) > MAX_HELD_TILT
+
+
+class LowerOnto(Lower):
+    """:class:`Lower` onto another body, ``base``, read live, steering the held centre
+    (:func:`held_centre`) above the base's centre, until the held body's lowest point is
+    ``drop`` (m) above the base's top. A small negative ``drop`` sets it down on the top,
+    whose friction stops it sliding between the fingers. The last :data:`SET_DOWN_GAP` is
+    covered at most :data:`SET_DOWN_STEP` a step, not to knock the base."""
+
+    def __init__(self, body: str, base: str, drop: float) -> None:
+        super().__init__(body, (0.0, 0.0), drop)
+        self.base, self.drop = base, drop
+
+    def target(self, world: World) -> np.ndarray:
+        return held_centre(world, self.body)
+
+    def _follow(self, world: World) -> None:
+        self.xy = world.sim.base_position(self.base)[:2]
+        self.height = float(world.sim.aabb(self.base)[1][2]) + self.drop
+
+    def command(self, world: World) -> tuple[np.ndarray, float]:
+        self._follow(world)
+        goal, grip = super().command(world)
+        ee_z, gap = world.robot.ee_position()[2], self.bottom(world) - self.height
+        goal[2] = ee_z - min(gap, max(gap - SET_DOWN_GAP, SET_DOWN_STEP))
+        return goal, grip
+
+    def done(self, world: World) -> bool:
+        """Low enough, above the base's centre, and at rest (no longer sliding in the grip)."""
+        self._follow(world)
+        centred = _xy_error(self.target(world), self.xy) <= CARRY_XY_TOLERANCE
+        resting = float(np.linalg.norm(world.sim.base_velocity(self.body))) <= SETTLED_SPEED
+        return super().done(world) and centred and resting
+
+
+def tilt(world: World, body: str) -> float:
+    """Angle (rad) from the vertical of the body's frame axis nearest to it: 0 for a box
+    on any face or an upright cylinder."""
+    _, orientation = world.sim.client.getBasePositionAndOrientation(world.sim.bodies[body])
+    axes = np.asarray(world.sim.client.getMatrixFromQuaternion(orientation)).reshape(3, 3)
+    return float(np.arccos(np.clip(np.max(np.abs(axes[2])), 0.0, 1.0)))
+
+
+def held_centre(world: World, body: str) -> np.ndarray:
+    """Where a held body's centre (m, world, (3,)) would be with the fingers centred in the hand.
+
+    Both fingers press with the same capped force, so the pair floats along their closing
+    axis with whatever they hold: a held body slides to and fro by up to about 0.01 m
+    when the hand speeds up or stops, and nothing damps it in the air. Its centre less the
+    fingers' drift (their midpoint's offset from the end effector, x/y) moves rigidly with
+    the hand, so skills steer that instead.
+    """
+    client, robot = world.sim.client, world.robot
+    midpoint = np.mean([client.getLinkState(robot.body, link)[4] for link in FINGER_LINKS], axis=0)
+    drift = np.asarray(midpoint[:2]) - robot.ee_position()[:2]
+    centre = world.sim.base_position(body).copy()
+    centre[:2] -= drift
+    return centre
+
+
 class Release(Skill):
     """Open the gripper where it is."""
 
@@ -173,6 +268,38 @@ class Release(Skill):
 
     def done(self, world: World) -> bool:
         return not world.robot.gripper_closed and world.robot.gripper_opening() >= OPEN_GRIP_OPENING
+
+
+class ReleaseCentred(Release):
+    """Open the gripper, then centre the hand over the body (x/y) until no finger touches it.
+    The fingers float along their closing axis (:func:`held_centre`): a held body that slid
+    to the end of one finger's travel stays pressed against that finger when the gripper
+    merely opens, and a retreat would drag it along."""
+
+    def command(self, world: World) -> tuple[np.ndarray, float]:
+        ee, target = world.robot.ee_position(), self.target(world)
+        if world.robot.gripper_opening() < OPEN_GRIP_OPENING:
+            return ee, OPEN  # open in place first
+        return np.array([*target[:2], ee[2]]), OPEN
+
+    def done(self, world: World) -> bool:
+        return super().done(world) and not any(world.robot.finger_contacts(self.body))
+
+
+class LiftClear(Skill):
+    """Raise the open hand, centred over the body it let go of, until the fingertips clear
+    its top by :data:`CLEAR_HEIGHT`, in steps of at most :data:`CLEAR_STEP` (a slow, centred
+    rise that does not brush the body off what it stands on)."""
+
+    def command(self, world: World) -> tuple[np.ndarray, float]:
+        ee, target = world.robot.ee_position(), self.target(world)
+        return np.array([*target[:2], min(ee[2] + CLEAR_STEP, self._clear_z(world))]), OPEN
+
+    def done(self, world: World) -> bool:
+        return world.robot.ee_position()[2] >= self._clear_z(world) - Z_TOLERANCE
+
+    def _clear_z(self, world: World) -> float:
+        return float(world.sim.aabb(self.body)[1][2]) + CLEAR_HEIGHT
 
 
 class Retreat(Skill):
@@ -283,5 +410,19 @@ def place_skills(body: str, xy, rest_height: float, carry_height: float, drop: f
         CarryTo(body, xy, carry_height),
         Lower(body, xy, rest_height + drop),
         Release(body),
+        Retreat(body),
+    ]
+
+
+def stack_skills(body: str, base: str, clearance: float, drop: float) -> list[Skill]:
+    """Like :func:`place_skills` onto another body ``base``, followed live: pick ``body`` up,
+    carry it with its bottom ``clearance`` (m) above the base's top to above the base's
+    centre, lower it until its bottom is ``drop`` (m) above the base's top, release, retreat."""
+    return [
+        *pick_skills(body),
+        CarryAbove(body, base, clearance),
+        LowerOnto(body, base, drop),
+        ReleaseCentred(body),
+        LiftClear(body),
         Retreat(body),
     ]
