@@ -53,7 +53,7 @@ def test_train_ppo_from_a_bc_checkpoint(bc_checkpoint, tmp_path, capsys):
     [
         (["train-ppo", "--init", "missing.pt", "--device", "cpu"], "does not exist"),
         (["train-ppo", "--batch-size", "4096", "--n-envs", "2", "--n-steps", "64"], "larger than a rollout"),
-        (["collect", "--episodes", "0", "--out", "x.h5"], "episodes must be >= 1"),
+        (["collect", "--episodes", "0", "--out", "x.h5"], "argument --episodes: 0 is not allowed"),
         (["collect", "--env-kwargs", "[1]", "--out", "x.h5"], "JSON object"),
         (["train-bc", "--data", "missing.h5", "--device", "cpu"], "does not exist"),
         (["evaluate", "--policy", "missing.pt"], "no checkpoint file exists"),

@@ -82,4 +82,4 @@ def test_presets_are_valid_configs(tmp_path):
 def test_train_agent_cli_reports_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         train_agent_main(["--out", str(tmp_path), "--eval-episodes", "0", "--no-progress"])
-    assert exc.value.code == 2 and "eval_episodes must be >= 1" in capsys.readouterr().err
+    assert exc.value.code == 2 and "argument --eval-episodes: 0 is not allowed" in capsys.readouterr().err

@@ -148,10 +148,10 @@ def test_bc_term_needs_demos():
     "overrides, message",
     [
         ({"batch_size": 512}, "larger than a rollout"),
-        ({"n_epochs": 0}, "n_epochs must be an int >= 1"),
+        ({"n_epochs": 0}, r"n_epochs must be an int in \[1, 1000\], got 0"),
         ({"vec_env": "threads"}, "choose one of"),
         ({"env_id": "CartPole-v1"}, "not a vla_gym env"),
-        ({"gamma": 1.5}, r"gamma must lie in \[0, 1\]"),
+        ({"gamma": 1.5}, r"gamma must be a finite number in \[0.0, 1.0\], got 1.5"),
         ({"target_kl": 0.0}, "target_kl must be > 0 or None"),
         ({"network": {"features_dim": 32}}, "either init"),
     ],

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from vla_gym.envs.registration import DEFAULT_ENV_ID
-from vla_gym.fileio import atomic_write_bytes, atomic_write_text
+from vla_gym.fileio import atomic_write_bytes, atomic_write_text, sweep_stale_temps
+from vla_gym.rundir import OutputError, check_output_dir, staged_files
 
 #: First evaluation seed of the benchmark. Seeds of the other stages: demos 0+ (one per
 #: episode tried), train-agent's report 100000+, PPO's checkpoint choice 300000+, BC's
@@ -59,6 +60,12 @@ EPISODES_FILE = "benchmark_episodes.jsonl"
 STATE_FILE = "benchmark_state.json"
 PERCENT = 100.0
 POLICY_KINDS = ("scripted", "random")
+#: Characters a policy label must not hold: the Markdown table's separator and code quotes.
+LABEL_FORBIDDEN = "|`"
+#: The files a benchmark run owns in its ``out`` directory.
+RUN_FILES = (EPISODES_FILE, STATE_FILE, JSON_FILE, MARKDOWN_FILE, PLOT_FILE)
+#: Name of the temporary directory (``out/.benchmark.<pid>.<random>.tmp``) of an ``overwrite`` run.
+STAGING_NAME = "benchmark"
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,8 @@ class BenchmarkConfig:
         workers: worker processes (``<= 1`` runs in this process).
         device: torch device of the network policies in the workers.
         progress: show a progress bar.
+        overwrite: replace a benchmark in ``out`` made with other arguments (else refused);
+            the new files are built aside and moved in when complete.
     """
 
     policies: list[str]
@@ -132,6 +141,7 @@ class BenchmarkConfig:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     device: str = "cpu"
     progress: bool = True
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.policies, str):
@@ -203,13 +213,18 @@ def resolve_policies(specs: Sequence[str]) -> list[PolicyEntry]:
     """Parse ``scripted`` / ``random`` / ``path`` / ``label=path``; read each checkpoint's meta.
 
     Default labels: ``bc`` for a BC checkpoint, ``bc+ppo`` for a PPO one started from a
-    checkpoint (``ppo`` from scratch), with ``-2``, ``-3`` ... on repeats.
+    checkpoint (``ppo`` from scratch), with ``-2``, ``-3`` ... on repeats (never one taken
+    by another policy). A label holding ``|`` is refused (it would break the Markdown table).
     """
     from vla_gym.agents.checkpoint import read_checkpoint
 
     entries: list[PolicyEntry] = []
+    explicit: list[bool] = []
     for raw in specs:
         label, _, spec = raw.partition("=") if "=" in raw else ("", "", raw)
+        label, spec = label.strip(), spec.strip()
+        _check_label(label, raw)
+        explicit.append(bool(label))
         if spec in POLICY_KINDS:
             entries.append(PolicyEntry(label or spec, spec, spec))
             continue
@@ -223,12 +238,36 @@ def resolve_policies(specs: Sequence[str]) -> list[PolicyEntry]:
             label or kind, spec, kind, sha256=_file_sha256(spec),
             image_size=int(meta["env"]["env_config"]["image_size"]), warnings=_training_warnings(meta),
         ))
-    seen: dict[str, int] = {}
-    for entry in entries:
-        seen[entry.label] = seen.get(entry.label, 0) + 1
-        if seen[entry.label] > 1:
-            entry.label = f"{entry.label}-{seen[entry.label]}"
+    _assign_labels(entries, explicit)
     return entries
+
+
+def _check_label(label: str, raw: str) -> None:
+    bad = [c for c in label if c in LABEL_FORBIDDEN or not c.isprintable()]
+    if bad:
+        raise ValueError(
+            f"policy label {label!r} (from {raw!r}) holds {bad[0]!r}; a label must not hold '|' (the Markdown "
+            "table's column separator), backquotes or control characters"
+        )
+
+
+def _assign_labels(entries: list[PolicyEntry], explicit: list[bool]) -> None:
+    """Unique labels: explicit ones as given (a repeat is an error), the default ones of
+    repeats numbered ``-2``, ``-3`` ... skipping every label already taken."""
+    given = [e.label for e, is_explicit in zip(entries, explicit) if is_explicit]
+    repeated = sorted({label for label in given if given.count(label) > 1})
+    if repeated:
+        raise ValueError(f"policy labels {repeated} are given more than once; give each policy its own label")
+    taken = set(given)
+    for entry, is_explicit in zip(entries, explicit):
+        if is_explicit:
+            continue
+        label, number = entry.label, 1
+        while label in taken:
+            number += 1
+            label = f"{entry.label}-{number}"
+        entry.label = label
+        taken.add(label)
 
 
 def base_env_kwargs(config: BenchmarkConfig, policies: Sequence[PolicyEntry]) -> dict[str, Any]:
@@ -298,12 +337,12 @@ def _run_task(task: dict[str, Any]) -> list[dict[str, Any]]:
     for seed in task["seeds"]:
         result = evaluate(env, lambda e, s=seed: _policy(task, e, s), [seed], deterministic=True)
         episode = result.episodes_log[0]
-        unwrapped = env.unwrapped
-        target = unwrapped.scene.objects[unwrapped.task.target_index]
+        scene = env.unwrapped.task.episode  # the episode just run: its goal and objects
+        target = scene.spec_of(scene.roles["target"]).describe()
         records.append({
             "policy": task["label"], "split": task["split"], "seed": seed, "success": bool(episode["success"]),
-            "length": int(episode["length"]), "target": f"{target.colour} {target.shape}",
-            "objects": len(unwrapped.scene.objects), "instruction": episode["instruction"],
+            "length": int(episode["length"]), "target": f"{target['colour']} {target['shape']}",
+            "objects": len(scene.objects), "instruction": episode["instruction"],
         })
     return records
 
@@ -363,25 +402,43 @@ def _identity(config: BenchmarkConfig, policies: Sequence[PolicyEntry], base: di
     }
 
 
-def _load_done(out: Path, identity: dict[str, Any]) -> tuple[list[dict[str, Any]], float]:
-    """Episode records of earlier attempts with the same identity, and the seconds they ran
-    (else none: the log restarts)."""
-    state, log = out / STATE_FILE, out / EPISODES_FILE
-    if not (state.exists() and log.exists()):
-        return [], 0.0
-    try:
-        saved = json.loads(state.read_text())
-        same = saved.get("identity") == json.loads(json.dumps(identity))
-    except (json.JSONDecodeError, AttributeError):
-        same = False
-    if not same:
-        return [], 0.0
+def _read_log(log: Path) -> list[dict[str, Any]]:
     records = []
     for line in log.read_text().splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             break  # a line cut by an interruption: the episodes after it are rerun
+    return records
+
+
+def _earlier_run(out: Path, identity: dict[str, Any], wanted: set, seeds: set) -> tuple[list[dict[str, Any]], float]:
+    """Episode records of an earlier attempt in ``out`` that this run continues, and the
+    seconds they ran. An earlier benchmark this run would not just extend (other identity,
+    or records it would drop: other policies, splits or seeds) raises :class:`OutputError`."""
+    present = [name for name in RUN_FILES if (out / name).exists()]
+    if not present:
+        return [], 0.0
+    state, log = out / STATE_FILE, out / EPISODES_FILE
+    try:
+        saved = json.loads(state.read_text()) if state.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        saved = None
+    if not isinstance(saved, dict) or not isinstance(saved.get("identity"), dict) or not log.is_file():
+        raise OutputError(f"holds benchmark files ({', '.join(present)}) without a readable {STATE_FILE} and "
+                          f"{EPISODES_FILE} to continue")
+    normal = json.loads(json.dumps(identity))
+    differ = [key for key in normal if saved["identity"].get(key) != normal[key]]
+    if differ:
+        raise OutputError(f"holds a benchmark made with other arguments ({', '.join(differ)} differ)")
+    records = _read_log(log)
+    dropped = [r for r in records if (r.get("policy"), r.get("split")) not in wanted or r.get("seed") not in seeds]
+    if dropped:
+        first = dropped[0]
+        raise OutputError(
+            f"holds {len(dropped)} episodes outside the policies, splits and seeds asked for now (e.g. "
+            f"{first.get('policy')} on {first.get('split')}, seed {first.get('seed')})"
+        )
     return records, float(saved.get("seconds", 0.0))
 
 
@@ -389,29 +446,8 @@ def _save_state(out: Path, identity: dict[str, Any], seconds: float) -> None:
     atomic_write_text(out / STATE_FILE, json.dumps({"identity": identity, "seconds": seconds}, indent=2) + "\n")
 
 
-def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
-    """Run (or continue) the benchmark and write its files; returns the report dict."""
-    from tqdm.auto import tqdm
-
-    from vla_gym.data.format import env_config_dict
-
-    policies = resolve_policies(config.policies)
-    base = base_env_kwargs(config, policies)
-    for split in config.splits:  # bad env ids and kwargs fail here, before any worker starts
-        env_config_dict(config.env_id, split_env_kwargs(base, split))
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    identity = _identity(config, policies, base)
-    records, earlier_seconds = _load_done(out, identity)
-    seeds = list(range(config.seed, config.seed + config.episodes))
-    wanted = {(p.label, s) for p in policies for s in config.splits}
-    seed_set = set(seeds)
-    records = [r for r in records if (r["policy"], r["split"]) in wanted and r["seed"] in seed_set]
-    done = {(r["policy"], r["split"], r["seed"]) for r in records}
-    _save_state(out, identity, earlier_seconds)
-    log_path = out / EPISODES_FILE
-    atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
-
+def _tasks(config: BenchmarkConfig, policies: Sequence[PolicyEntry], base: dict[str, Any], seeds: list[int],
+           done: set) -> list[dict[str, Any]]:
     tasks = []
     for chunk_index, chunk in enumerate(_chunks(seeds, CHUNK_EPISODES)):
         for policy in policies:
@@ -423,6 +459,58 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
                         "env_id": config.env_id, "env_kwargs": split_env_kwargs(base, split),
                         "device": config.device, "chunk": chunk_index,
                     })
+    return tasks
+
+
+def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
+    """Run (or continue) the benchmark and write its files; returns the report dict.
+
+    An earlier benchmark in ``config.out`` with the same arguments (or fewer: more episodes
+    or splits extend it) is continued. Any other is refused unless ``config.overwrite``:
+    then the new run is built in a temporary directory inside ``out`` and its files replace
+    the old ones only when it is complete (so an interrupted replacement keeps the old run).
+    """
+    from vla_gym.data.format import env_config_dict
+
+    policies = resolve_policies(config.policies)
+    base = base_env_kwargs(config, policies)
+    for split in config.splits:  # bad env ids and kwargs fail here, before any worker starts
+        env_config_dict(config.env_id, split_env_kwargs(base, split))
+    out = check_output_dir(config.out, "out")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (STAGING_NAME, *RUN_FILES):
+        sweep_stale_temps(out / name)
+    identity = _identity(config, policies, base)
+    seeds = list(range(config.seed, config.seed + config.episodes))
+    wanted = {(p.label, s) for p in policies for s in config.splits}
+    try:
+        records, earlier_seconds = _earlier_run(out, identity, wanted, set(seeds))
+    except OutputError as err:
+        if not config.overwrite:
+            raise OutputError(
+                f"--out {str(out)!r} {err}; rerun the command that made it to continue it, choose another --out, "
+                "or pass --overwrite to replace it"
+            ) from None
+        with staged_files(out, RUN_FILES, STAGING_NAME) as build:
+            return _run_into(build, config, policies, base, identity, seeds, [], 0.0)
+    if config.overwrite and any((out / name).exists() for name in RUN_FILES):
+        with staged_files(out, RUN_FILES, STAGING_NAME) as build:
+            return _run_into(build, config, policies, base, identity, seeds, [], 0.0)
+    return _run_into(out, config, policies, base, identity, seeds, records, earlier_seconds)
+
+
+def _run_into(
+    out: Path, config: BenchmarkConfig, policies: Sequence[PolicyEntry], base: dict[str, Any],
+    identity: dict[str, Any], seeds: list[int], records: list[dict[str, Any]], earlier_seconds: float,
+) -> dict[str, Any]:
+    """Run the episodes not in ``records`` and write every file into ``out``."""
+    from tqdm.auto import tqdm
+
+    done = {(r["policy"], r["split"], r["seed"]) for r in records}
+    _save_state(out, identity, earlier_seconds)
+    log_path = out / EPISODES_FILE
+    atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
+    tasks = _tasks(config, policies, base, seeds, done)
     start = time.perf_counter()
     bar = tqdm(total=len(policies) * len(config.splits) * len(seeds), initial=len(records), unit="ep",
                desc="benchmark", disable=not config.progress)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ import numpy as np
 
 from vla_gym.envs.registration import DEFAULT_ENV_ID
 from vla_gym.envs.scene import COLOURS
-from vla_gym.fileio import FILE_MODE, atomic_write_text
+from vla_gym.fileio import FILE_MODE, atomic_write_text, make_temp_file, sweep_stale_temps
+from vla_gym.rundir import check_output_file
 from vla_gym.visualize import put_text_band
 
 Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
@@ -188,6 +188,7 @@ def _check_video_path(video_path: str | os.PathLike) -> Path:
     path = Path(video_path)
     if path.suffix.lower() != VIDEO_SUFFIX:
         raise ValueError(f"video_path={os.fspath(video_path)!r} must end in {VIDEO_SUFFIX!r} (MP4 video)")
+    check_output_file(path, "video_path")  # a directory or an unwritable place fails before the episodes
     return path
 
 
@@ -206,8 +207,8 @@ class _VideoRecorder:
         height, width = rgb.shape[:2]
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".tmp.mp4")
-            os.close(fd)
+            sweep_stale_temps(self.path)
+            self._tmp = str(make_temp_file(self.path, VIDEO_SUFFIX))
             self._size = (width, height)
             self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*VIDEO_FOURCC), self.fps, self._size)
             if not self._writer.isOpened():
@@ -488,6 +489,8 @@ def run_evaluation(
     """
     if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ValueError(f"episodes must be an int >= 1, got {episodes!r}")
+    if check_output_file(json_path, "json_path") is not None:  # a bad output path fails now, not after the episodes
+        sweep_stale_temps(json_path)
     if video_path is not None:
         _check_video_path(video_path)
         if video_episodes < 1:

@@ -147,7 +147,13 @@ class _Stages:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.data: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
+        self.data: dict[str, dict[str, Any]] = read_json_file(path, "stage records") if path.exists() else {}
+        bad = [name for name, entry in self.data.items() if name not in STAGES or not _valid_stage_entry(entry)]
+        if bad:
+            raise ValueError(
+                f"{str(path)!r} is not a train-agent stage record (unknown or malformed entries {bad}); "
+                "delete the run directory to start over"
+            )
 
     def done(self, stage: str) -> bool:
         return bool(self.data.get(stage, {}).get("done"))
@@ -160,6 +166,26 @@ class _Stages:
         if summary:
             entry["summary"] = summary
         atomic_write_text(self.path, json.dumps(self.data, indent=2) + "\n")
+
+
+def read_json_file(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``path``; a file that is not one raises ``ValueError`` naming it."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{str(path)!r} ({what}) is not valid JSON ({err}); it is corrupt: delete the run directory to start over"
+        ) from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{str(path)!r} ({what}) must hold a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _valid_stage_entry(entry: Any) -> bool:
+    return (
+        isinstance(entry, dict) and isinstance(entry.get("done"), bool)
+        and isinstance(entry.get("seconds"), (int, float)) and isinstance(entry.get("attempts"), int)
+    )
 
 
 def train_agent(config: AgentConfig) -> dict[str, Any]:
@@ -201,7 +227,7 @@ def _claim_run_directory(out: Path, config: AgentConfig) -> None:
 
     path = out / "agent_config.json"
     if path.exists():
-        differ = resume_differences(json.loads(path.read_text()), config.to_dict(), RESUMABLE_CHANGES)
+        differ = resume_differences(read_json_file(path, "the run's config"), config.to_dict(), RESUMABLE_CHANGES)
         if differ:
             raise ValueError(
                 f"{str(out)!r} holds a train-agent run with another config ({'; '.join(differ)}); "
@@ -216,7 +242,7 @@ def _run_demos(config: AgentConfig, out: Path) -> str:
     result = collect_demos(
         CollectConfig(out=str(out / "demos.h5"), env_id=config.env_id, episodes=config.demo_episodes,
                       workers=config.demo_workers, seed=config.seed),
-        progress=config.progress,
+        progress=config.progress, resume=True, keep_partial=True,  # a killed collection continues on rerun
     )
     return result.summary()
 

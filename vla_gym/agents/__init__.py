@@ -17,6 +17,7 @@ _LAZY = {
     "BCResult": "vla_gym.agents.bc",
     "train_bc": "vla_gym.agents.bc",
     "CheckpointError": "vla_gym.agents.checkpoint",
+    "NonFiniteError": "vla_gym.agents.checkpoint",
     "load_policy": "vla_gym.agents.checkpoint",
     "NetworkConfig": "vla_gym.agents.network",
     "VLAActorCriticPolicy": "vla_gym.agents.network",

@@ -26,6 +26,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vla_gym.agents.bounds import MAX_SEED, bounded_int, finite_float
 from vla_gym.agents.checkpoint import (
     CheckpointError,
     build_policy,
@@ -48,7 +51,7 @@ from vla_gym.agents.network import TARGET_OFFSET_SCALE, NetworkConfig, VLAActorC
 from vla_gym.data.augment import AugmentConfig, augment_batch
 from vla_gym.fileio import append_jsonl, atomic_write_text
 from vla_gym.data.dataset import DemoDataset, check_env_matches, collate_batch
-from vla_gym.data.format import held_out_splits
+from vla_gym.data.format import DatasetError, held_out_splits
 
 OBS_KEYS = ("rgb", "depth", "proprio", "instruction")
 #: Fields that may change between a run and its resumption (they do not change the result).
@@ -56,6 +59,14 @@ RESUMABLE_CHANGES = frozenset({"device", "progress", "num_workers", "epochs", "o
 #: Rollout seeds start far from the collection seeds (0, 1, ...) and the evaluation seeds (100000+).
 ROLLOUT_SEED = 10_000_000
 LOG_EVERY = 20  # optimiser steps between TensorBoard training scalars
+#: Bounds of the integer fields of :class:`BCConfig` (None: no upper bound).
+INT_BOUNDS: dict[str, tuple[int, int | None]] = {
+    "epochs": (1, 100_000), "batch_size": (1, 65_536), "warmup_steps": (0, None), "rollout_every": (0, None),
+    "rollout_episodes": (0, 100_000), "checkpoint_every": (0, None), "num_workers": (0, 256), "seed": (0, MAX_SEED),
+}
+#: Entries of a BC ``last.pt`` besides the weights, and keys of its meta.
+TRAINING_STATE_KEYS = ("optimizer", "scheduler", "scaler", "augment_rng", "torch_rng")
+TRAINING_META_KEYS = ("bc", "step", "epoch", "batch_in_epoch", "history", "best")
 
 
 @dataclass
@@ -126,20 +137,21 @@ class BCConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        # Every number is a real int or a finite float within bounds (NaN and inf refused):
+        # a run that starts must not diverge from its config, nor allocate without limit.
+        for name, (low, high) in INT_BOUNDS.items():
+            setattr(self, name, bounded_int(name, getattr(self, name), low, high))
         for name in ("lr", "contrastive_temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "warmup_steps", "grad_clip", "value_coef", "target_coef", "attention_coef",
-                     "contrastive_coef",
-                     "rollout_every", "rollout_episodes", "checkpoint_every", "num_workers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            setattr(self, name, finite_float(name, getattr(self, name), 0.0, low_open=True))
+        for name in ("weight_decay", "grad_clip", "value_coef", "target_coef", "attention_coef", "contrastive_coef"):
+            setattr(self, name, finite_float(name, getattr(self, name), 0.0))
         for name in ("gamma", "paraphrase_prob", "min_lr_ratio"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+            setattr(self, name, finite_float(name, getattr(self, name), 0.0, 1.0))
+        if self.rollout_every and not self.rollout_episodes:
+            raise ValueError(
+                "rollout_episodes must be >= 1 when rollout_every > 0 (zero episodes measure nothing, and the "
+                "best checkpoint is chosen by that success rate); set rollout_every=0 to skip rollouts"
+            )
         resolve_device(self.device)
         self.augment = dataclasses.asdict(AugmentConfig(**self.augment))  # checks fields and values
         self.network = NetworkConfig(**self.network).to_dict()
@@ -289,9 +301,7 @@ def rollout_success(policy: VLAActorCriticPolicy, env_args: dict, episodes: int,
 def train_bc(config: BCConfig) -> BCResult:
     """Train the VLA actor-critic by behaviour cloning; see the module docstring for outputs."""
     from torch.utils.tensorboard import SummaryWriter
-    from tqdm.auto import tqdm
 
-    out = Path(config.out)
     env_args = check_env_matches(config.data, config.env_id, config.env_kwargs)
     held_out = held_out_splits(env_args["env_config"])
     if held_out:
@@ -300,122 +310,208 @@ def train_bc(config: BCConfig) -> BCResult:
             "seen in training",
             stacklevel=2,
         )
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    train_set = DemoDataset(
-        config.data, "train", in_memory=config.in_memory, paraphrase_prob=config.paraphrase_prob,
-        seed=config.seed, gamma=config.gamma,
-    )
-    valid_set = DemoDataset(config.data, "valid", in_memory=config.in_memory, gamma=config.gamma)
-    if len(train_set) == 0:
-        raise ValueError(f"demo file {config.data!r} has no successful training episodes")
-    policy = build_policy(env_args, config.network, device)
-    policy.features_extractor.set_proprio_statistics(*train_set.proprio_statistics())
-    optimizer = torch.optim.AdamW(_param_groups(policy, config.weight_decay), lr=config.lr)
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, config.warmup_steps, total_steps, config.min_lr_ratio)
-    )
-    _, _, use_scaler = _amp_settings(device, config.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    augment = AugmentConfig(**config.augment)
-    augment_generator = torch.Generator(device=device).manual_seed(config.seed)
-
-    step, epoch, batch_in_epoch, history, best = 0, 0, 0, [], {}
-    last_path, policy_path = out / "last.pt", out / "policy.pt"
-    if config.resume and last_path.exists():
-        state = _load_training_state(last_path, config, device)
-        policy.load_state_dict(state["policy"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        augment_generator.set_state(state["augment_rng"].cpu() if device.type == "cpu" else state["augment_rng"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        meta = state["meta"]
-        step, epoch, batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
-        history, best = meta["history"], meta["best"]
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-
-    def meta() -> dict[str, Any]:
-        return {
-            "env": env_args, "network": config.network, "bc": config.to_dict(), "step": step, "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch, "history": history, "best": best,
-        }
-
-    def save_last() -> None:
-        save_checkpoint(
-            last_path, policy, meta(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict(), augment_rng=augment_generator.get_state(), torch_rng=torch.get_rng_state(),
-        )
-
-    writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
-    losses = _Losses(policy, config, device)
-    samples_done, train_seconds = 0, 0.0
+    trainer = _BCTrainer(config, env_args)
+    if config.resume and trainer.last_path.exists():
+        trainer.restore()
+    trainer.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(trainer.out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    writer = SummaryWriter(str(trainer.out / "tb"), purge_step=trainer.step if trainer.step else None)
     try:
-        while epoch < config.epochs:
-            policy.set_training_mode(True)
-            order = _epoch_order(len(train_set), config.seed, epoch)[batch_in_epoch * config.batch_size :]
-            loader = _batches(train_set, order, config.batch_size, config.num_workers, config.seed + epoch)
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False)
-            start = time.perf_counter()
-            running: dict[str, float] = {}
-            for batch in bar:
-                batch = augment_batch(_to_device(batch, device), augment, augment_generator)
-                terms = losses(batch)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(terms["loss"]).backward()
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip or float("inf"))
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                batch_in_epoch += 1
-                samples_done += len(batch["action"])
-                for k, v in terms.items():
-                    running[k] = running.get(k, 0.0) + float(v.detach())
-                if step % LOG_EVERY == 0:
-                    for k, v in terms.items():
-                        writer.add_scalar(f"train/{k}", float(v.detach()), step)
-                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                    writer.add_scalar("train/grad_norm", float(grad_norm), step)
-                    writer.add_scalar("train/log_std", float(policy.log_std.detach().mean()), step)
-                    bar.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}", refresh=False)
-                if config.checkpoint_every and step % config.checkpoint_every == 0:
-                    save_last()
-            train_seconds += time.perf_counter() - start
-            batches = max(batch_in_epoch, 1)
-            epoch += 1
-            batch_in_epoch = 0
-            record = {"epoch": epoch, "step": step, **{f"train_{k}": v / batches for k, v in running.items()}}
-            record.update({f"valid_{k}": v for k, v in validate(policy, valid_set, config, device).items()})
-            if config.rollout_every and (epoch % config.rollout_every == 0 or epoch == config.epochs):
-                rollout = rollout_success(policy, env_args, config.rollout_episodes)
-                record.update({f"rollout_{k}": v for k, v in rollout.items()})
-            record["log_std"] = policy.log_std.detach().cpu().tolist()
-            record["samples_per_second"] = samples_done / train_seconds if train_seconds else None
-            history.append(record)
-            for k, v in record.items():
-                if isinstance(v, float) and k.startswith(("valid_", "rollout_")):
-                    writer.add_scalar(k.replace("_", "/", 1), v, step)
-            if _better(record, best):
-                best = {k: v for k, v in record.items() if k != "log_std"}
-                save_checkpoint(policy_path, policy, meta())
-            append_jsonl(out / "metrics.jsonl", record)
-            save_last()
-            if config.progress:
-                tqdm.write(_describe(record))
+        while trainer.epoch < config.epochs:
+            trainer.train_epoch(writer)
+            trainer.end_epoch(writer)
     except KeyboardInterrupt:
-        save_last()  # resume continues from exactly this step
+        trainer.save_last()  # resume continues from exactly this step
         raise
     finally:
         writer.close()
-    if not policy_path.exists():
-        save_checkpoint(policy_path, policy, meta())
-    rate = samples_done / train_seconds if train_seconds else float("nan")
-    return BCResult(str(policy_path), str(last_path), step, epoch, rate, train_seconds, history, best)
+    if not trainer.policy_path.exists():
+        save_checkpoint(trainer.policy_path, trainer.policy, trainer.meta())
+    seconds = trainer.train_seconds
+    rate = trainer.samples_done / seconds if seconds else float("nan")
+    return BCResult(
+        str(trainer.policy_path), str(trainer.last_path), trainer.step, trainer.epoch, rate, seconds,
+        trainer.history, trainer.best,
+    )
+
+
+class _BCTrainer:
+    """The state of one BC run: data, policy, optimiser, schedule, every random source, and
+    the counters; trains an epoch, evaluates it, saves and restores ``last.pt``."""
+
+    def __init__(self, config: BCConfig, env_args: dict[str, Any]) -> None:
+        self.config, self.env_args = config, env_args
+        self.out = Path(config.out)
+        self.last_path, self.policy_path = self.out / "last.pt", self.out / "policy.pt"
+        self.device = device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.train_set = DemoDataset(
+            config.data, "train", in_memory=config.in_memory, paraphrase_prob=config.paraphrase_prob,
+            seed=config.seed, gamma=config.gamma,
+        )
+        self.valid_set = DemoDataset(config.data, "valid", in_memory=config.in_memory, gamma=config.gamma)
+        if len(self.train_set) == 0:
+            raise ValueError(f"demo file {config.data!r} has no successful training episodes")
+        self.policy = build_policy(env_args, config.network, device)
+        self.policy.features_extractor.set_proprio_statistics(*self.train_set.proprio_statistics())
+        self.optimizer = torch.optim.AdamW(_param_groups(self.policy, config.weight_decay), lr=config.lr)
+        total_steps = math.ceil(len(self.train_set) / config.batch_size) * config.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, config.warmup_steps, total_steps, config.min_lr_ratio)
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=_amp_settings(device, config.amp)[2])
+        self.augment = AugmentConfig(**config.augment)
+        self.augment_generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.losses = _Losses(self.policy, config, device)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {}
+        self.samples_done, self.train_seconds = 0, 0.0
+        self.running: dict[str, float] = {}
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "env": self.env_args, "network": self.config.network, "bc": self.config.to_dict(), "step": self.step,
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "history": self.history, "best": self.best,
+            "data_fingerprint": self.train_set.fingerprint, "rng": capture_host_rng(),
+        }
+
+    def save_last(self) -> None:
+        save_checkpoint(
+            self.last_path, self.policy, self.meta(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+            augment_rng=self.augment_generator.get_state(), running=dict(self.running), **capture_torch_rng(),
+        )
+
+    def restore(self) -> None:
+        """Continue from ``last.pt``: weights, optimiser, schedule, scaler, counters and the
+        state of every random source, so the run goes on exactly as if never stopped."""
+        state = _load_training_state(self.last_path, self.config, self.device, self.train_set.fingerprint)
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        augment_rng = state["augment_rng"]
+        self.augment_generator.set_state(augment_rng.cpu() if self.device.type == "cpu" else augment_rng)
+        restore_torch_rng(state)
+        meta = state["meta"]
+        restore_host_rng(meta.get("rng"))
+        self.step, self.epoch, self.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
+        self.history, self.best = meta["history"], meta["best"]
+        self.running = {k: float(v) for k, v in (state.get("running") or {}).items()}
+
+    def train_epoch(self, writer: Any) -> None:
+        """The rest of the current epoch (all of it, unless resumed mid-epoch)."""
+        from tqdm.auto import tqdm
+
+        config = self.config
+        self.policy.set_training_mode(True)
+        self.train_set.set_epoch(self.epoch)
+        order = _epoch_order(len(self.train_set), config.seed, self.epoch)[self.batch_in_epoch * config.batch_size :]
+        loader = _batches(self.train_set, order, config.batch_size, config.num_workers, config.seed + self.epoch)
+        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{config.epochs}", disable=not config.progress, leave=False)
+        start = time.perf_counter()
+        try:
+            for batch in bar:
+                self._train_step(batch, writer, bar)
+        except DatasetError as err:  # from a DataLoader worker: keep the one line that says what is wrong
+            raise DatasetError(_last_line(str(err))) from None
+        finally:
+            self.train_seconds += time.perf_counter() - start
+
+    def _train_step(self, batch: dict[str, torch.Tensor], writer: Any, bar: Any) -> None:
+        config, policy, optimizer = self.config, self.policy, self.optimizer
+        batch = augment_batch(_to_device(batch, self.device), self.augment, self.augment_generator)
+        terms = self.losses(batch)
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["loss"]).backward()
+        self.scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip or float("inf"))
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        self.batch_in_epoch += 1
+        self.samples_done += len(batch["action"])
+        for k, v in terms.items():
+            self.running[k] = self.running.get(k, 0.0) + float(v.detach())
+        if self.step % LOG_EVERY == 0:
+            for k, v in terms.items():
+                writer.add_scalar(f"train/{k}", float(v.detach()), self.step)
+            writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
+            writer.add_scalar("train/grad_norm", float(grad_norm), self.step)
+            writer.add_scalar("train/log_std", float(policy.log_std.detach().mean()), self.step)
+            bar.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}", refresh=False)
+        if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+            self.save_last()
+
+    def end_epoch(self, writer: Any) -> None:
+        """Validate (and roll out), log, keep the best policy and save ``last.pt``."""
+        from tqdm.auto import tqdm
+
+        config, policy = self.config, self.policy
+        batches = max(self.batch_in_epoch, 1)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        record = {"epoch": self.epoch, "step": self.step}
+        record.update({f"train_{k}": v / batches for k, v in self.running.items()})
+        self.running = {}
+        record.update({f"valid_{k}": v for k, v in validate(policy, self.valid_set, config, self.device).items()})
+        if config.rollout_every and (self.epoch % config.rollout_every == 0 or self.epoch == config.epochs):
+            rollout = rollout_success(policy, self.env_args, config.rollout_episodes)
+            record.update({f"rollout_{k}": v for k, v in rollout.items()})
+        record["log_std"] = policy.log_std.detach().cpu().tolist()
+        record["samples_per_second"] = self.samples_done / self.train_seconds if self.train_seconds else None
+        self.history.append(record)
+        for k, v in record.items():
+            if isinstance(v, float) and k.startswith(("valid_", "rollout_")):
+                writer.add_scalar(k.replace("_", "/", 1), v, self.step)
+        if _better(record, self.best):
+            self.best = {k: v for k, v in record.items() if k != "log_std"}
+            save_checkpoint(self.policy_path, policy, self.meta())
+        append_jsonl(self.out / "metrics.jsonl", record)
+        self.save_last()
+        if config.progress:
+            tqdm.write(_describe(record))
+
+
+def _last_line(message: str) -> str:
+    """The last line of a (DataLoader worker's) message, without an ``module.Error:`` prefix."""
+    line = [part for part in message.strip().splitlines() if part.strip()][-1].strip()
+    return re.sub(r"^[\w.]*Error: ", "", line)
+
+
+def capture_host_rng() -> dict[str, Any]:
+    """The global numpy and Python random states, as JSON (for a checkpoint's meta)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {"numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+            "python": [version, list(internal), gauss]}
+
+
+def restore_host_rng(state: dict[str, Any] | None) -> None:
+    """Undo :func:`capture_host_rng` (checkpoints from before it hold none: nothing to do)."""
+    if not state:
+        return
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def capture_torch_rng() -> dict[str, Any]:
+    """Torch's CPU generator state, and each CUDA device's when CUDA is in use."""
+    state: dict[str, Any] = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_torch_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch_rng"].cpu())
+    cuda = state.get("cuda_rng")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
 def _better(record: dict[str, Any], best: dict[str, Any]) -> bool:
@@ -430,11 +526,27 @@ def _better(record: dict[str, Any], best: dict[str, Any]) -> bool:
     return record.get("valid_loss", math.inf) < best.get("valid_loss", math.inf)
 
 
-def _load_training_state(path: Path, config: BCConfig, device: torch.device) -> dict[str, Any]:
+def _load_training_state(path: Path, config: BCConfig, device: torch.device, fingerprint: str) -> dict[str, Any]:
+    """``last.pt`` of a BC run made with ``config`` (up to :data:`RESUMABLE_CHANGES`) on
+    the same demos (content ``fingerprint``); else :class:`CheckpointError`."""
     state = read_checkpoint(path, map_location=device)
-    differ = resume_differences(state["meta"]["bc"], config.to_dict(), RESUMABLE_CHANGES)
+    meta = state["meta"]
+    missing = [k for k in TRAINING_META_KEYS if k not in meta] + [k for k in TRAINING_STATE_KEYS if k not in state]
+    if missing or not isinstance(meta["bc"], dict):
+        raise CheckpointError(
+            f"cannot resume {str(path)!r}: it is not a BC training checkpoint (it lacks {missing or ['bc']}); "
+            "resume a train-bc run directory, or train into a new out directory"
+        )
+    differ = resume_differences(meta["bc"], config.to_dict(), RESUMABLE_CHANGES)
     if differ:
         raise CheckpointError(f"cannot resume {str(path)!r} with another config: " + "; ".join(differ))
+    saved = meta.get("data_fingerprint")
+    if saved is not None and saved != fingerprint:
+        raise CheckpointError(
+            f"cannot resume {str(path)!r}: the demo file {config.data!r} changed since that checkpoint was written "
+            f"(content fingerprint {saved} then, {fingerprint} now); resume with the original demos, or train "
+            "into a new out directory"
+        )
     return state
 
 

@@ -11,22 +11,33 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vla_gym.agents.network import NetworkConfig, VLAActorCriticPolicy
+from vla_gym.data.format import validate_env_args
 from vla_gym.envs.spaces import make_action_space, make_observation_space
 from vla_gym.fileio import atomic_path
 
 CHECKPOINT_FORMAT = "vla_gym.policy"
 CHECKPOINT_VERSION = 1
 DEVICES = ("auto", "cpu", "cuda")
+#: What every checkpoint's ``meta`` holds: the env it was made for and the network's sizes.
+REQUIRED_META_KEYS = ("env", "network")
+#: Largest policy a config or a checkpoint may ask for (parameters; ~200 MB of float32).
+#: Counted on PyTorch's meta device, so nothing is allocated before the check.
+MAX_POLICY_PARAMETERS = 50_000_000
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is corrupt, not a vla_gym policy, or made for another config."""
+
+
+class NonFiniteError(CheckpointError):
+    """A checkpoint, read or about to be written, holding NaN or infinite values."""
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -51,14 +62,50 @@ def _constant(value: float):
 
 
 def build_policy(env_args: dict[str, Any], network: dict[str, Any] | NetworkConfig | None, device) -> VLAActorCriticPolicy:
-    """A fresh :class:`VLAActorCriticPolicy` for the env described by ``env_args``."""
-    if isinstance(network, NetworkConfig):
-        network = network.to_dict()
-    image_size = int(env_args["env_config"]["image_size"])
-    policy = VLAActorCriticPolicy(
-        make_observation_space(image_size), make_action_space(), _constant(0.0), network=network
-    )
-    return policy.to(resolve_device(device))
+    """A fresh :class:`VLAActorCriticPolicy` for the env described by ``env_args``.
+
+    ``ValueError`` if the env description is malformed or the policy would exceed
+    :data:`MAX_POLICY_PARAMETERS` (checked before any weight is allocated).
+    """
+    network = network.to_dict() if isinstance(network, NetworkConfig) else NetworkConfig(**(network or {})).to_dict()
+    image_size = int(validate_env_args(env_args)["env_config"]["image_size"])
+
+    def make() -> VLAActorCriticPolicy:
+        spaces = make_observation_space(image_size), make_action_space()
+        return VLAActorCriticPolicy(*spaces, _constant(0.0), network=network)
+
+    with torch.device("meta"):
+        count = sum(p.numel() for p in make().parameters())
+    if count > MAX_POLICY_PARAMETERS:
+        raise ValueError(
+            f"a network of {count:,} parameters (image_size {image_size}, network {network}) exceeds the "
+            f"limit of {MAX_POLICY_PARAMETERS:,}; use smaller channels, widths or images"
+        )
+    return make().to(resolve_device(device))
+
+
+def first_non_finite(payload: dict[str, Any]) -> str | None:
+    """Name of the first tensor of a checkpoint payload (besides ``meta``) holding NaN or inf."""
+    for key, value in payload.items():
+        if key != "meta":
+            bad = next(non_finite_tensors(value, str(key)), None)
+            if bad is not None:
+                return bad
+    return None
+
+
+def non_finite_tensors(value: Any, prefix: str = "") -> Iterator[str]:
+    """Names (``policy['a.b']``, ``optimizer['state'][3]['exp_avg']``) of the floating-point
+    tensors inside nested dicts, lists and tuples that hold NaN or inf."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            yield prefix
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from non_finite_tensors(item, f"{prefix}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from non_finite_tensors(item, f"{prefix}[{i}]")
 
 
 def save_checkpoint(path: str | os.PathLike, policy: torch.nn.Module, meta: dict[str, Any], **state: Any) -> Path:
@@ -72,6 +119,12 @@ def save_checkpoint(path: str | os.PathLike, policy: torch.nn.Module, meta: dict
         "policy": policy.state_dict(),
         **state,
     }
+    bad = first_non_finite(payload)
+    if bad is not None:  # never replace a good checkpoint with a poisoned one
+        raise NonFiniteError(
+            f"refusing to write checkpoint {str(path)!r}: {bad} holds NaN or inf, so training diverged "
+            f"(lower the learning rates or loss weights); the previous file, if any, is kept"
+        )
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
@@ -95,8 +148,42 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(
             f"checkpoint {str(path)!r} has version {payload.get('version')!r}; this vla_gym reads {CHECKPOINT_VERSION}"
         )
-    payload["meta"] = json.loads(payload["meta"])
+    payload["meta"] = _parse_meta(payload.get("meta"), str(path))
+    if not isinstance(payload.get("policy"), dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds no policy weights (its 'policy' entry is missing)")
+    bad = first_non_finite(payload)
+    if bad is not None:
+        raise NonFiniteError(
+            f"checkpoint {str(path)!r}: {bad} holds NaN or inf; it cannot be used (take an earlier checkpoint)"
+        )
     return payload
+
+
+def _parse_meta(text: Any, path: str) -> dict[str, Any]:
+    """The checkpoint's ``meta`` JSON, checked: an object with :data:`REQUIRED_META_KEYS`, a
+    valid env description and network sizes within bounds (before anything is built)."""
+    if not isinstance(text, str):
+        raise CheckpointError(f"checkpoint {path!r} has no meta (the JSON description every vla_gym checkpoint holds)")
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"checkpoint {path!r}: meta is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path!r}: meta must be a JSON object, got {type(meta).__name__}")
+    missing = [key for key in REQUIRED_META_KEYS if key not in meta]
+    if missing:
+        raise CheckpointError(f"checkpoint {path!r}: meta lacks {missing}; it cannot be rebuilt")
+    try:
+        validate_env_args(meta["env"])
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {path!r}: meta['env'] {err}") from None
+    try:
+        if not isinstance(meta["network"], dict):
+            raise ValueError(f"must be a JSON object, got {type(meta['network']).__name__}")
+        NetworkConfig(**meta["network"])
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {path!r}: meta['network'] is not a valid network config: {err}") from None
+    return meta
 
 
 def config_differences(found: Any, expected: Any, prefix: str = "") -> list[str]:
@@ -139,7 +226,10 @@ def load_policy(
         differ = config_differences(meta["network"], wanted, "network")
         if differ:
             raise CheckpointError(f"checkpoint {str(path)!r} was made with another network config: " + "; ".join(differ))
-    policy = build_policy(meta["env"], meta["network"], device)
+    try:
+        policy = build_policy(meta["env"], meta["network"], device)
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} asks for a policy that cannot be built: {err}") from err
     try:
         policy.load_state_dict(payload["policy"])
     except RuntimeError as err:

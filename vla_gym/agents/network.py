@@ -35,6 +35,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
+from vla_gym.agents.bounds import bounded_int, finite_float
 from vla_gym.envs.language import words_of_split
 from vla_gym.envs.spaces import AGENT_CAMERA
 from vla_gym.envs.scene import COLOURS, SHAPES
@@ -92,6 +93,16 @@ class Tokenizer:
         return torch.from_numpy(ids).to(instruction.device)
 
 
+#: Bounds of :class:`NetworkConfig` (checked before a network is built, also for sizes read
+#: from checkpoints): conv channels, widths of every linear layer, MLP depth, attention.
+MAX_CHANNELS = 512
+MAX_WIDTH = 4096
+MAX_MLP_LAYERS = 8
+MAX_ATTENTION_HEADS = 16
+MAX_ATTENTION_KEY_DIM = 256
+MIN_LOG_STD_INIT, MAX_LOG_STD_INIT = -20.0, 2.0
+
+
 @dataclass
 class NetworkConfig:
     """Sizes of the VLA network. Saved in every checkpoint and checked on load.
@@ -123,21 +134,25 @@ class NetworkConfig:
     attention_key_dim: int = 8
 
     def __post_init__(self) -> None:
-        self.channels = tuple(int(c) for c in self.channels)
-        if len(self.channels) != len(CONV_STRIDES) or min(self.channels) < 1:
-            raise ValueError(f"channels must be {len(CONV_STRIDES)} positive ints, got {self.channels}")
-        if not 0 <= self.film_layers <= len(CONV_STRIDES):
-            raise ValueError(f"film_layers must lie in [0, {len(CONV_STRIDES)}], got {self.film_layers}")
+        # Sizes come from users and from checkpoint files: each is bounded before anything
+        # is allocated (see MAX_* above).
+        if not isinstance(self.channels, (list, tuple)) or len(self.channels) != len(CONV_STRIDES):
+            raise ValueError(f"channels must be a list of {len(CONV_STRIDES)} ints, got {self.channels!r}")
+        self.channels = tuple(bounded_int("channels", c, 1, MAX_CHANNELS) for c in self.channels)
+        self.film_layers = bounded_int("film_layers", self.film_layers, 0, len(CONV_STRIDES))
         for name in ("word_dim", "language_dim", "proprio_dim", "features_dim", "contrastive_dim"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.attention_heads < 1 or self.attention_key_dim < 1:
-            raise ValueError(
-                f"attention_heads and attention_key_dim must be >= 1, got {self.attention_heads}, {self.attention_key_dim}"
-            )
-        if set(self.net_arch) != {"pi", "vf"}:
-            raise ValueError(f"net_arch must be a dict with keys 'pi' and 'vf', got {self.net_arch}")
-        self.net_arch = {k: [int(w) for w in v] for k, v in self.net_arch.items()}
+            setattr(self, name, bounded_int(name, getattr(self, name), 1, MAX_WIDTH))
+        self.attention_heads = bounded_int("attention_heads", self.attention_heads, 1, MAX_ATTENTION_HEADS)
+        self.attention_key_dim = bounded_int("attention_key_dim", self.attention_key_dim, 1, MAX_ATTENTION_KEY_DIM)
+        if not isinstance(self.net_arch, dict) or set(self.net_arch) != {"pi", "vf"}:
+            raise ValueError(f"net_arch must be a dict with keys 'pi' and 'vf', got {self.net_arch!r}")
+        for key, widths in self.net_arch.items():
+            if not isinstance(widths, (list, tuple)) or len(widths) > MAX_MLP_LAYERS:
+                raise ValueError(f"net_arch[{key!r}] must be a list of at most {MAX_MLP_LAYERS} widths, got {widths!r}")
+        self.net_arch = {
+            k: [bounded_int(f"net_arch[{k!r}]", w, 1, MAX_WIDTH) for w in v] for k, v in self.net_arch.items()
+        }
+        self.log_std_init = finite_float("log_std_init", self.log_std_init, MIN_LOG_STD_INIT, MAX_LOG_STD_INIT)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -44,8 +44,11 @@ from stable_baselines3.common.utils import explained_variance, set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from vla_gym.envs.registration import DEFAULT_ENV_ID
+from vla_gym.agents.bounds import MAX_SEED, bounded_int, finite_float
 from vla_gym.agents.checkpoint import (
     CheckpointError,
+    NonFiniteError,
+    non_finite_tensors,
     load_policy,
     read_checkpoint,
     resolve_device,
@@ -66,6 +69,19 @@ EVAL_SEED = 300_000
 #: Fields that may change between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"device", "progress", "timesteps", "out", "resume"})
 ADAM_EPS = 1e-5  # SB3's PPO default
+#: Bounds of the integer fields of :class:`PPOConfig` (None: no upper bound).
+INT_BOUNDS: dict[str, tuple[int, int | None]] = {
+    "timesteps": (1, None), "n_envs": (1, 256), "n_steps": (1, 1_000_000), "batch_size": (1, 1_000_000),
+    "n_epochs": (1, 1_000), "critic_warmup_rollouts": (0, None), "critic_warmup_epochs": (1, 1_000),
+    "bc_batch_size": (1, 65_536), "eval_every": (0, None), "eval_episodes": (1, 1_000_000), "eval_seed": (0, 2**31 - 1),
+    "checkpoint_every": (1, None), "seed": (0, MAX_SEED),
+}
+#: A rollout held in RAM may take at most this many bytes (see ``_check_rollout_size``).
+MAX_ROLLOUT_BYTES = 16 * 2**30
+RGB_BYTES, DEPTH_BYTES, OTHER_FRAME_BYTES = 3, 4, 8 * 4 + 128 + 64
+#: Entries of a PPO ``last.pt`` besides the weights, and keys of its meta.
+TRAINING_STATE_KEYS = ("optimizer", "torch_rng")
+TRAINING_META_KEYS = ("ppo", "timesteps", "n_updates", "rollouts_trained", "history", "best")
 
 
 @dataclass
@@ -147,22 +163,21 @@ class PPOConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "critic_warmup_epochs",
-                     "bc_batch_size", "eval_episodes", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        # Every number is a real int or a finite float within bounds: NaN or inf in a
+        # learning rate or loss weight would train a poisoned policy (and checkpoint it).
+        for name, (low, high) in INT_BOUNDS.items():
+            setattr(self, name, bounded_int(name, getattr(self, name), low, high))
         for name in ("lr", "critic_lr", "clip_range", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("ent_coef", "vf_coef", "critic_warmup_rollouts", "bc_coef", "eval_every", "eval_seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+            setattr(self, name, finite_float(name, getattr(self, name), 0.0, low_open=True))
+        for name in ("ent_coef", "vf_coef", "bc_coef"):
+            setattr(self, name, finite_float(name, getattr(self, name), 0.0))
         for name in ("gamma", "gae_lambda", "bc_decay"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
-        if self.target_kl is not None and not self.target_kl > 0:
-            raise ValueError(f"target_kl must be > 0 or None, got {self.target_kl!r}")
+            setattr(self, name, finite_float(name, getattr(self, name), 0.0, 1.0))
+        if self.target_kl is not None:
+            try:
+                self.target_kl = finite_float("target_kl", self.target_kl, 0.0, low_open=True)
+            except ValueError:
+                raise ValueError(f"target_kl must be > 0 or None, got {self.target_kl!r}") from None
         if self.vec_env not in VEC_ENVS:
             raise ValueError(f"vec_env={self.vec_env!r} is not available; choose one of {VEC_ENVS}")
         if self.batch_size > self.n_steps * self.n_envs:
@@ -179,6 +194,20 @@ class PPOConfig:
         resolve_device(self.device)
         if self.network is not None:
             self.network = NetworkConfig(**self.network).to_dict()
+        self._check_rollout_size()
+
+    def _check_rollout_size(self) -> None:
+        """SB3 keeps a rollout of ``n_steps * n_envs`` observations in RAM: bounded here."""
+        from vla_gym.data.format import env_config_dict
+
+        size = env_config_dict(self.env_id, self.env_kwargs)["image_size"]
+        frame_bytes = size * size * (RGB_BYTES + DEPTH_BYTES) + OTHER_FRAME_BYTES
+        needed = self.n_steps * self.n_envs * frame_bytes
+        if needed > MAX_ROLLOUT_BYTES:
+            raise ValueError(
+                f"a rollout of n_steps * n_envs = {self.n_steps * self.n_envs} frames of {size} px needs "
+                f"{needed / 2**30:.1f} GiB; the limit is {MAX_ROLLOUT_BYTES / 2**30:.0f} GiB (lower n_steps or n_envs)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -213,6 +242,12 @@ class DemoBatches:
         self.dataset = DemoDataset(path, "train", in_memory=True)
         if len(self.dataset) == 0:
             raise ValueError(f"demo file {path!r} has no successful training frames for the BC term")
+        wanted = _image_size(policy)
+        if self.dataset.image_size != wanted:
+            raise ValueError(
+                f"bc_data {path!r} holds {self.dataset.image_size} px frames, but the policy takes {wanted} px "
+                "observations; collect the demos with the env's image_size"
+            )
         self.batch_size = batch_size
         self.rng = np.random.default_rng([seed, 1])
         self.device = policy.device
@@ -305,6 +340,12 @@ class VLAPPO(PPO):
             self._warm_up_critic()
         else:
             self._train_actor_critic()
+        bad = next(non_finite_tensors(dict(self.policy.named_parameters()), "policy"), None)
+        if bad is not None:
+            raise NonFiniteError(
+                f"PPO diverged: after update {self._n_updates}, {bad} holds NaN or inf "
+                "(lower lr, critic_lr or the loss weights); the last saved checkpoint is kept"
+            )
         self.rollouts_trained += 1
         self.logger.record("train/critic_warmup", float(self.in_critic_warmup))
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
@@ -456,7 +497,7 @@ class _Trainer:
         state = None
         if config.resume and self.last_path.exists():
             state = read_checkpoint(self.last_path, map_location=self.device)
-            _check_resumable(self.last_path, state["meta"]["ppo"], config)
+            _check_resumable(self.last_path, state, config)
         init_policy = None
         if config.init is not None:
             init_policy = load_policy(config.init, device=self.device)
@@ -649,10 +690,24 @@ def _check_observations(path: str, policy: VLAActorCriticPolicy, env_args: dict[
         )
 
 
-def _check_resumable(path: Path, saved: dict[str, Any], config: PPOConfig) -> None:
-    differ = resume_differences(saved, config.to_dict(), RESUMABLE_CHANGES)
+def _check_resumable(path: Path, state: dict[str, Any], config: PPOConfig) -> None:
+    """``state`` must be a PPO ``last.pt`` made with ``config`` (up to :data:`RESUMABLE_CHANGES`)."""
+    meta = state["meta"]
+    missing = [k for k in TRAINING_META_KEYS if k not in meta] + [k for k in TRAINING_STATE_KEYS if k not in state]
+    if missing or not isinstance(meta["ppo"], dict):
+        raise CheckpointError(
+            f"cannot resume {str(path)!r}: it is not a PPO training checkpoint (it lacks {missing or ['ppo']}; a "
+            "train-bc run directory?); resume a train-ppo run directory, or start PPO into a new out directory"
+        )
+    differ = resume_differences(meta["ppo"], config.to_dict(), RESUMABLE_CHANGES)
     if differ:
         raise CheckpointError(f"cannot resume {str(path)!r} with another config: " + "; ".join(differ))
+
+
+def _image_size(policy: VLAActorCriticPolicy) -> int:
+    """Side (px) of the rgb observations ``policy`` takes (channel-first or channel-last)."""
+    shape = policy.observation_space["rgb"].shape
+    return int(shape[1] if policy.features_extractor.rgb_channels_first else shape[0])
 
 
 def _better(record: dict[str, Any], best: dict[str, Any]) -> bool:

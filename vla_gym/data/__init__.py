@@ -14,6 +14,7 @@ from vla_gym.data.format import DatasetError
 _LAZY = {
     "DemoDataset": "vla_gym.data.dataset",
     "check_env_matches": "vla_gym.data.dataset",
+    "demo_file_summary": "vla_gym.data.dataset",
     "open_demo_file": "vla_gym.data.dataset",
     "paraphrase_instruction": "vla_gym.data.dataset",
     "read_env_args": "vla_gym.data.dataset",

@@ -17,8 +17,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vla_gym.agents.bounds import bounded_int, finite_float
+
 #: ITU-R BT.601 luma weights, for the grey that contrast and saturation blend towards.
 LUMA = (0.299, 0.587, 0.114)
+#: Largest random shift (pixels) and depth noise (m) an :class:`AugmentConfig` takes.
+MAX_SHIFT_PIXELS = 32
+MAX_DEPTH_NOISE_STD = 0.5
 
 
 @dataclass
@@ -41,14 +46,13 @@ class AugmentConfig:
     depth_noise_std: float = 0.005
 
     def __post_init__(self) -> None:
-        if int(self.shift_pixels) != self.shift_pixels or self.shift_pixels < 0:
-            raise ValueError(f"shift_pixels must be an int >= 0, got {self.shift_pixels}")
+        self.shift_pixels = bounded_int("shift_pixels", self.shift_pixels, 0, MAX_SHIFT_PIXELS)
         for name in ("brightness", "contrast", "saturation"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
+            value = finite_float(name, getattr(self, name), 0.0, 1.0)
+            if value == 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {value}")
-        if self.depth_noise_std < 0:
-            raise ValueError(f"depth_noise_std must be >= 0, got {self.depth_noise_std}")
+            setattr(self, name, value)
+        self.depth_noise_std = finite_float("depth_noise_std", self.depth_noise_std, 0.0, MAX_DEPTH_NOISE_STD)
 
 
 def _device(generator: torch.Generator | None) -> torch.device | str:

@@ -40,15 +40,8 @@ import torch
 from torch.utils.data import Dataset
 
 from vla_gym.envs.language import decode_instruction, encode_instruction, sample_instruction
-from vla_gym.data.format import (
-    EPISODE_KEYS,
-    FORMAT_VERSION,
-    OBS_KEYS,
-    STATE_KEYS,
-    LEGACY_TASK,
-    DatasetError,
-    env_config_dict,
-)
+from vla_gym.data.format import OBS_KEYS, LEGACY_TASK, DatasetError, env_config_dict
+from vla_gym.data.validation import DemoFileSummary, check_demo_file, check_depth, read_array
 from vla_gym.envs.scene import COLOURS
 from vla_gym.envs.spaces import AGENT_CAMERA
 from vla_gym.envs.pybullet_sim import Camera
@@ -56,70 +49,44 @@ from vla_gym.envs.pybullet_sim import Camera
 SPLITS = ("train", "valid", "all")
 
 
-def _demo_sort_key(name: str) -> int:
-    return int(name.split("_", 1)[1])
-
-
 def open_demo_file(path: str | os.PathLike) -> h5py.File:
-    """Open a demo file read-only and check its structure; raise :class:`DatasetError` if broken."""
+    """Open a demo file read-only and validate it (:mod:`vla_gym.data.validation`); raise
+    :class:`DatasetError` naming the file and key of the first problem."""
+    return _open_checked(path)[0]
+
+
+def demo_file_summary(path: str | os.PathLike) -> DemoFileSummary:
+    """The validated file's env, episodes, masks and content fingerprint."""
+    handle, summary = _open_checked(path)
+    handle.close()
+    return summary
+
+
+def _open_checked(path: str | os.PathLike) -> tuple[h5py.File, DemoFileSummary]:
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"demo file {str(path)!r} does not exist (make one with `vla-gym collect`)")
+    if not path.is_file():
+        raise DatasetError(f"demo file {str(path)!r} is not a file")
     try:
         handle = h5py.File(path, "r")
     except OSError as err:
-        raise DatasetError(f"demo file {str(path)!r} is not a readable HDF5 file (corrupt or truncated?): {err}")
+        raise DatasetError(
+            f"demo file {str(path)!r} is not a readable HDF5 file (corrupt or truncated?): {err}"
+        ) from None
     try:
-        _check_structure(handle, str(path))
+        return handle, check_demo_file(handle, str(path))
     except DatasetError:
         handle.close()
         raise
-    except (OSError, KeyError, ValueError, TypeError) as err:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:  # h5py on a damaged file
         handle.close()
-        raise DatasetError(f"demo file {str(path)!r} is corrupt: {err}") from err
-    return handle
-
-
-def _check_structure(handle: h5py.File, path: str) -> None:
-    if "data" not in handle or "mask" not in handle:
-        raise DatasetError(f"demo file {path!r} lacks the 'data' and 'mask' groups of a vla_gym demo file")
-    data = handle["data"]
-    version = data.attrs.get("format_version")
-    if version != FORMAT_VERSION:
-        raise DatasetError(f"demo file {path!r} has format_version {version!r}; this vla_gym reads {FORMAT_VERSION}")
-    if "env_args" not in data.attrs:
-        raise DatasetError(f"demo file {path!r} has no env_args attribute: the env cannot be rebuilt")
-    json.loads(data.attrs["env_args"])
-    names = [n for n in data if n.startswith("demo_")]
-    if not names:
-        raise DatasetError(f"demo file {path!r} holds no episodes")
-    for split in ("train", "valid"):
-        if split not in handle["mask"]:
-            raise DatasetError(f"demo file {path!r} lacks mask/{split}")
-        missing = sorted(set(_mask(handle, split)) - set(names))
-        if missing:
-            raise DatasetError(f"demo file {path!r}: mask/{split} names episodes that are not there: {missing[:5]}")
-    for name in names:
-        demo = data[name]
-        length = int(demo.attrs.get("num_samples", -1))
-        for key in [f"obs/{k}" for k in OBS_KEYS] + [f"states/{k}" for k in STATE_KEYS] + list(EPISODE_KEYS):
-            if key not in demo:
-                raise DatasetError(f"demo file {path!r}: data/{name}/{key} is missing")
-            if demo[key].shape[0] != length:
-                raise DatasetError(
-                    f"demo file {path!r}: data/{name}/{key} has {demo[key].shape[0]} steps, "
-                    f"num_samples says {length}"
-                )
-
-
-def _mask(handle: h5py.File, split: str) -> list[str]:
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in handle["mask"][split][()]]
+        raise DatasetError(f"demo file {str(path)!r} is corrupt: {type(err).__name__}: {err}") from None
 
 
 def read_env_args(path: str | os.PathLike) -> dict[str, Any]:
     """The ``env_args`` of a demo file: ``{"env_name", "env_kwargs", "env_config"}``."""
-    with open_demo_file(path) as handle:
-        return json.loads(handle["data"].attrs["env_args"])
+    return demo_file_summary(path).env_args
 
 
 def check_env_matches(path: str | os.PathLike, env_id: str | None, env_kwargs: dict[str, Any] | None) -> dict:
@@ -154,6 +121,10 @@ class DemoDataset(Dataset):
     with DataLoader workers) and each frame is read when asked for. ``in_memory=True``
     reads the split once into RAM (fastest for small datasets on few cores).
 
+    The file is validated on construction (:mod:`vla_gym.data.validation`), and a frame
+    that cannot be read later (a corrupt chunk met mid-training) raises
+    :class:`DatasetError` naming the key and step. ``fingerprint`` identifies the content.
+
     Args:
         path: demo file from ``vla-gym collect``.
         split: "train", "valid" (the file's masks) or "all".
@@ -162,7 +133,8 @@ class DemoDataset(Dataset):
             :data:`vla_gym.envs.tasks.TASKS`; None keeps every episode).
         paraphrase_prob: probability that an item's instruction is replaced by a fresh
             train-split phrasing of the same target (see :func:`paraphrase_instruction`).
-        seed: seeds the paraphrasing (each DataLoader worker adds its worker seed).
+        seed: seeds the paraphrasing, with the epoch (:meth:`set_epoch`) and the frame
+            index, so an item's phrasing does not depend on workers, order or resumption.
         gamma: discount of the ``return`` item (the discounted sum of rewards from that
             step on: a value target for the critic).
     """
@@ -185,12 +157,14 @@ class DemoDataset(Dataset):
         self.path = str(path)
         self.paraphrase_prob = paraphrase_prob
         self.seed = seed
-        with open_demo_file(path) as handle:
+        #: Seeds the paraphrasing with the frame index (see :meth:`set_epoch`).
+        self.epoch = 0
+        handle, summary = _open_checked(path)
+        with handle:
             data = handle["data"]
-            self.env_args = json.loads(data.attrs["env_args"])
-            names = sorted((n for n in data if n.startswith("demo_")), key=_demo_sort_key)
-            if split != "all":
-                names = sorted(_mask(handle, split), key=_demo_sort_key)
+            self.env_args = summary.env_args
+            self.fingerprint = summary.fingerprint
+            names = list(summary.episodes if split == "all" else summary.masks[split])
             if only_successful:
                 names = [n for n in names if bool(data[n].attrs["success"])]
             if tasks is not None:
@@ -202,22 +176,19 @@ class DemoDataset(Dataset):
             self.targets = [(str(data[n].attrs["target_colour"]), str(data[n].attrs["target_shape"])) for n in names]
             self.cameras = [_episode_camera(data[n]) for n in names]
             self.returns = np.concatenate(
-                [discounted_returns(data[n]["rewards"][()], gamma) for n in names] or [np.zeros(0, np.float32)]
+                [discounted_returns(self._read(data[n]["rewards"], n, "rewards"), gamma) for n in names]
+                or [np.zeros(0, np.float32)]
             )
             self.image_size = int(self.env_args["env_config"]["image_size"])
             self.starts = np.concatenate([[0], np.cumsum(self.lengths)])
-            self._memory = _read_all(data, names) if in_memory else None
-            if self._memory is not None:
-                targets = self._memory.pop("target_positions")
-                self._memory["target_offset"] = targets - self._memory["proprio"][:, :3]
-                self._memory["target_uv"] = np.concatenate(
-                    [image_coordinates(targets[a:b], self.image_size, camera)
-                     for a, b, camera in zip(self.starts[:-1], self.starts[1:], self.cameras)]
-                    or [np.zeros((0, 2), np.float32)]
-                )
+            self._memory = self._read_all(data) if in_memory else None
         self._handle: h5py.File | None = None
         self._handle_pid: int | None = None
-        self._rng: np.random.Generator | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Paraphrasing draws from a generator seeded by (seed, epoch, frame index): the
+        same item in the same epoch gets the same phrasing in any worker, order or resumed run."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -232,24 +203,54 @@ class DemoDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         episode, step = self.locate(int(index))
         if self._memory is not None:
-            item = {k: v[self.starts[episode] + step] for k, v in self._memory.items()}
+            item = {k: np.array(v[self.starts[episode] + step]) for k, v in self._memory.items()}
         else:
-            demo = self._file()["data"][self.episodes[episode]]
-            item = {k: demo["obs"][k][step] for k in OBS_KEYS}
-            item["action"] = demo["actions"][step]
-            target = demo["states/target_positions"][step]
-            item["target_offset"] = target - item["proprio"][:3]
-            item["target_uv"] = image_coordinates(target, self.image_size, self.cameras[episode])
-        item = {k: np.array(v) for k, v in item.items()}
+            item = self._read_frame(episode, step)
         item["return"] = np.float32(self.returns[index])
-        if self.paraphrase_prob > 0 and self._generator().random() < self.paraphrase_prob:
-            item["instruction"] = encode_instruction(self._paraphrase(episode))
+        if self.paraphrase_prob > 0:
+            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            if rng.random() < self.paraphrase_prob:
+                item["instruction"] = encode_instruction(self._paraphrase(rng, episode))
         return item
 
-    def _paraphrase(self, episode: int) -> str:
+    def _read_frame(self, episode: int, step: int) -> dict[str, np.ndarray]:
+        """One frame read from the file (lazy mode); every read names its key if it fails."""
+        name = self.episodes[episode]
+        demo = self._file()["data"][name]
+        item = {k: self._read(demo["obs"][k], name, f"obs/{k}", step) for k in OBS_KEYS}
+        check_depth(item["depth"], self.path, f"data/{name}/obs/depth at step {step}")
+        item["action"] = self._read(demo["actions"], name, "actions", step)
+        target = self._read(demo["states/target_positions"], name, "states/target_positions", step)
+        item["target_offset"] = target - item["proprio"][:3]
+        item["target_uv"] = image_coordinates(target, self.image_size, self.cameras[episode])
+        return item
+
+    def _read(self, dataset: h5py.Dataset, episode: str, key: str, index: Any = ()) -> np.ndarray:
+        return read_array(dataset, index, self.path, f"data/{episode}/{key}")
+
+    def _read_all(self, data: h5py.Group) -> dict[str, np.ndarray]:
+        """The split's frames in RAM (``in_memory``), with the privileged targets derived."""
+        out: dict[str, list[np.ndarray]] = {k: [] for k in (*OBS_KEYS, "action", "target_positions")}
+        for name in self.episodes:
+            for key in OBS_KEYS:
+                out[key].append(self._read(data[name]["obs"][key], name, f"obs/{key}"))
+            check_depth(out["depth"][-1], self.path, f"data/{name}/obs/depth")
+            out["action"].append(self._read(data[name]["actions"], name, "actions"))
+            targets = data[name]["states/target_positions"]
+            out["target_positions"].append(self._read(targets, name, "states/target_positions"))
+        memory = {k: np.concatenate(v) for k, v in out.items()}
+        targets = memory.pop("target_positions")
+        memory["target_offset"] = targets - memory["proprio"][:, :3]
+        memory["target_uv"] = np.concatenate(
+            [image_coordinates(targets[a:b], self.image_size, camera)
+             for a, b, camera in zip(self.starts[:-1], self.starts[1:], self.cameras)]
+            or [np.zeros((0, 2), np.float32)]
+        )
+        return memory
+
+    def _paraphrase(self, rng: np.random.Generator, episode: int) -> str:
         """One of the episode's stored train-split phrasings with some words dropped (files
         from before the task suite: a fresh pick phrasing of the target)."""
-        rng = self._generator()
         options = self.paraphrases[episode]
         if not options:
             colour, shape = self.targets[episode]
@@ -288,19 +289,16 @@ class DemoDataset(Dataset):
 
     def _file(self) -> h5py.File:
         if self._handle is None or self._handle_pid != os.getpid():
-            self._handle = h5py.File(self.path, "r")  # one handle per process (DataLoader workers fork)
+            try:  # one handle per process (DataLoader workers fork)
+                self._handle = h5py.File(self.path, "r")
+            except OSError as err:
+                raise DatasetError(f"demo file {self.path!r} cannot be reopened (moved or damaged?): {err}") from None
             self._handle_pid = os.getpid()
         return self._handle
 
-    def _generator(self) -> np.random.Generator:
-        if self._rng is None:
-            info = torch.utils.data.get_worker_info()
-            self._rng = np.random.default_rng([self.seed, 0 if info is None else info.seed % 2**32])
-        return self._rng
-
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_handle"], state["_handle_pid"], state["_rng"] = None, None, None
+        state["_handle"], state["_handle_pid"] = None, None
         return state
 
 
@@ -323,16 +321,6 @@ def collate_batch(batch: dict[str, np.ndarray] | list[dict[str, np.ndarray]]) ->
     if isinstance(batch, list):
         batch = _stack(batch)
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
-
-
-def _read_all(data: h5py.Group, names: Sequence[str]) -> dict[str, np.ndarray]:
-    out: dict[str, list[np.ndarray]] = {k: [] for k in (*OBS_KEYS, "action", "target_positions")}
-    for name in names:
-        for key in OBS_KEYS:
-            out[key].append(data[name]["obs"][key][()])
-        out["action"].append(data[name]["actions"][()])
-        out["target_positions"].append(data[name]["states/target_positions"][()])
-    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def _episode_camera(demo: h5py.Group) -> Camera:

@@ -9,6 +9,7 @@ from typing import Any
 
 from vla_gym.envs.tabletop_env import TabletopConfig
 from vla_gym.envs.registration import ENV_IDS
+from vla_gym.envs.spaces import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 FORMAT_VERSION = 1
 OBS_KEYS = ("rgb", "depth", "proprio", "instruction")
@@ -18,6 +19,11 @@ POSITIONS_SUFFIX = "_positions"
 STATE_KEYS = ("target_positions",)
 EPISODE_KEYS = ("actions", "rewards", "dones")
 EPISODE_ATTRS = ("num_samples", "instruction", "target_colour", "target_shape", "seed", "success", "camera")
+#: Episode attributes a reader needs; ``camera``, ``task``, ``paraphrases`` and ``roles`` are
+#: optional (files from before them are read with their defaults).
+REQUIRED_EPISODE_ATTRS = ("num_samples", "instruction", "target_colour", "target_shape", "seed", "success")
+#: Keys of the ``env_args`` attribute.
+ENV_ARGS_KEYS = ("env_name", "env_kwargs", "env_config")
 #: The task an episode of a file without a ``task`` attribute ran (files from before the suite).
 LEGACY_TASK = "pick"
 
@@ -39,6 +45,40 @@ def env_config_dict(env_id: str, env_kwargs: dict[str, Any] | None = None) -> di
     kwargs.pop("render_mode", None)
     config = dataclasses.asdict(TabletopConfig.from_kwargs(**kwargs))
     return json.loads(json.dumps(config))
+
+
+def validate_env_args(value: Any) -> dict[str, Any]:
+    """``value`` if it is a well-formed ``env_args`` of a vla_gym env, else ``ValueError``
+    with a message fragment that says what is wrong (callers prefix the file and key).
+
+    Checked: a JSON object with ``env_name`` (a registered vla_gym id), ``env_kwargs`` (an
+    object the env accepts) and ``env_config`` (an object whose ``image_size`` is an int
+    within the env's bounds and agrees with the kwargs). Sizes are checked here because
+    networks and buffers are allocated from them.
+    """
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a JSON object with {list(ENV_ARGS_KEYS)}, got {type(value).__name__}")
+    missing = [key for key in ENV_ARGS_KEYS if key not in value]
+    if missing:
+        raise ValueError(f"lacks {missing}")
+    name, kwargs, config = (value[key] for key in ENV_ARGS_KEYS)
+    if not isinstance(name, str) or name not in ENV_IDS:
+        raise ValueError(f"names env {name!r}, which is not a vla_gym env (known: {sorted(ENV_IDS)})")
+    for key, item in (("env_kwargs", kwargs), ("env_config", config)):
+        if not isinstance(item, dict):
+            raise ValueError(f"{key} must be a JSON object, got {type(item).__name__}: {item!r}")
+    size = config.get("image_size")
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise ValueError(f"env_config image_size {size!r} must be an int from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}")
+    try:
+        expected = env_config_dict(name, kwargs)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"env_kwargs {kwargs!r} are not valid for {name}: {err}") from None
+    if expected["image_size"] != size:
+        raise ValueError(
+            f"env_config image_size {size} disagrees with env_kwargs {kwargs!r} ({expected['image_size']})"
+        )
+    return value
 
 
 def env_args(env_id: str, env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:

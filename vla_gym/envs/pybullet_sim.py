@@ -112,19 +112,36 @@ class PyBulletSim:
         if renderer not in RENDERERS:
             raise ValueError(f"renderer={renderer!r} is not available; choose one of {RENDERERS}")
         self.time_step = time_step
-        self.client = bullet_client.BulletClient(connection_mode=p.GUI if gui else p.DIRECT)
+        self.solver_iterations = solver_iterations
+        self.gui = gui
+        self.bodies: dict[str, int] = {}
+        self.renderer = renderer
+        self._connect()
+
+    def _connect(self) -> None:
+        """A new physics client with this sim's settings and no bodies."""
+        self.client = bullet_client.BulletClient(connection_mode=p.GUI if self.gui else p.DIRECT)
         # deterministicOverlappingPairs sorts the broadphase pairs: without it the contact order
         # (and so an episode) depends on which bodies earlier episodes added and removed.
         self.client.setPhysicsEngineParameter(
-            fixedTimeStep=time_step, numSolverIterations=solver_iterations, deterministicOverlappingPairs=1
+            fixedTimeStep=self.time_step, numSolverIterations=self.solver_iterations, deterministicOverlappingPairs=1
         )
         self.client.setGravity(0.0, 0.0, GRAVITY)
-        if gui:
+        if self.gui:
             self.client.configureDebugVisualizer(p.COV_ENABLE_GUI, 0)
-        self.bodies: dict[str, int] = {}
         self._egl_plugin: int | None = None
-        self.renderer = self._load_renderer(renderer)
+        self.renderer = self._load_renderer(self.renderer)
         self.render_flag = p.ER_BULLET_HARDWARE_OPENGL if self.renderer == "egl" else p.ER_TINY_RENDERER
+
+    def reconnect(self) -> None:
+        """Replace the client by a fresh one with the same settings and no bodies.
+
+        PyBullet keeps some memory of every body created and removed until its client goes
+        (a few KB per body), so a long-lived env rebuilds its sim now and then; the caller
+        adds its bodies again, in the order it first did.
+        """
+        self.close()
+        self._connect()
 
     def _load_renderer(self, renderer: str) -> str:
         if renderer != "egl":

@@ -74,14 +74,21 @@ class Panda:
         if mesh not in ROBOT_MESHES:
             raise ValueError(f"robot_mesh={mesh!r} is not available; choose one of {ROBOT_MESHES}")
         self.sim = sim
-        urdf = lowpoly_urdf_path() if mesh == "lowpoly" else str(PANDA_DIR / "panda.urdf")
+        self._urdf = lowpoly_urdf_path() if mesh == "lowpoly" else str(PANDA_DIR / "panda.urdf")
+        self._base_position = tuple(base_position)
+        self.load()
+
+    def load(self) -> None:
+        """Load the arm into the sim's client (on construction, and again after
+        :meth:`PyBulletSim.reconnect`)."""
         flags = p.URDF_ENABLE_CACHED_GRAPHICS_SHAPES
-        self.body = sim.add_body(
-            "robot", sim.client.loadURDF(urdf, base_position, useFixedBase=True, flags=flags)
+        client = self.sim.client
+        self.body = self.sim.add_body(
+            "robot", client.loadURDF(self._urdf, self._base_position, useFixedBase=True, flags=flags)
         )
         # High-friction fingertips for a firm grasp; both fingers share one target (_command_gripper).
         for link in FINGER_LINKS:
-            sim.client.changeDynamics(self.body, link, lateralFriction=1.5, spinningFriction=0.01)
+            client.changeDynamics(self.body, link, lateralFriction=1.5, spinningFriction=0.01)
         self.gripper_closed = False
 
     # --- state --------------------------------------------------------------------------

@@ -341,6 +341,12 @@ class Scene:
 
     def __init__(self, sim: PyBulletSim) -> None:
         self.sim = sim
+        self.build()
+
+    def build(self) -> None:
+        """Create the static table and pedestal in the sim's client, with no objects or
+        fixtures; shapes are created again on first use. Called on construction and after
+        :meth:`PyBulletSim.reconnect`."""
         self._shape_ids: dict[str, tuple[int, int]] = {}
         self._add_static_box("table", TABLE_HALF_EXTENTS, TABLE_CENTRE, TABLE_RGBA)
         self._add_static_box("pedestal", PEDESTAL_HALF_EXTENTS, PEDESTAL_CENTRE, PEDESTAL_RGBA)

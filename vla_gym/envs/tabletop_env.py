@@ -45,6 +45,11 @@ MIN_OBJECTS, MAX_OBJECTS = 2, 6
 MAX_CAMERA_SHIFT, MAX_CAMERA_ROTATION_DEG = 0.2, 30.0
 #: Reset options every task takes; each task adds its roles (``Task.role_options``).
 COMMON_RESET_OPTIONS = ("instruction",)
+#: numpy dtype kinds an action may have: bool, signed and unsigned int, float.
+ACTION_DTYPE_KINDS = "biuf"
+#: Resets between two rebuilds of the sim (see ``VLATabletopEnv._rebuild_sim_if_due``): at
+#: ~1 KB kept per removed body, memory stays within a few MB; a rebuild costs ~0.1 s.
+SIM_REBUILD_EVERY = 256
 
 
 @dataclass
@@ -274,6 +279,7 @@ class VLATabletopEnv(gym.Env):
         # depends on the ones before it (contact caches included).
         self.robot.reset()
         self._empty_state = self.sim.save_state()
+        self._resets_since_build = 0
         #: The agent camera of the current episode (moved at each reset under ``camera_jitter``).
         self.agent_camera = AGENT_CAMERA
         self._view = AGENT_CAMERA.view_matrix()
@@ -295,6 +301,8 @@ class VLATabletopEnv(gym.Env):
 
     # --- Gymnasium API ------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if self.sim.client is None:
+            raise RuntimeError("reset() on a closed env; make a new one with gym.make")
         super().reset(seed=seed)
         options = self._check_options(options)
         rng = self.np_random
@@ -319,6 +327,7 @@ class VLATabletopEnv(gym.Env):
         shift, rotation = self.config.camera_jitter
         self.agent_camera = AGENT_CAMERA.jittered(rng, shift, rotation) if shift or rotation else AGENT_CAMERA
         self._view = self.agent_camera.view_matrix()
+        self._rebuild_sim_if_due()
         self.scene.clear()
         self.sim.restore_state(self._empty_state)
         self.robot.reset()
@@ -361,6 +370,24 @@ class VLATabletopEnv(gym.Env):
     def close(self) -> None:
         self.sim.close()
 
+    def _rebuild_sim_if_due(self) -> None:
+        """Every :data:`SIM_REBUILD_EVERY` resets, rebuild the sim in a fresh client.
+
+        PyBullet keeps a few KB of every body created and removed until its client goes, so
+        an env reset many times would grow without bound. The rebuild repeats what the
+        constructor did, in the same order, so the sim is exactly a new env's: episodes are
+        the same with or without it. Not with the GUI, whose window it would close.
+        """
+        self._resets_since_build += 1
+        if self._resets_since_build < SIM_REBUILD_EVERY or self.sim.gui:
+            return
+        self._resets_since_build = 0
+        self.sim.reconnect()
+        self.scene.build()
+        self.robot.load()
+        self.robot.reset()
+        self._empty_state = self.sim.save_state()
+
     # --- privileged state (for scripted experts and tests) -------------------------------
     def role_position(self, role: str) -> np.ndarray:
         """World position (m) of the centre of the body playing ``role``, shape (3,)."""
@@ -391,12 +418,16 @@ class VLATabletopEnv(gym.Env):
         return task
 
     def _check_action(self, action) -> np.ndarray:
+        message = f"action must be {ACTION_DIM} finite real numbers (dx, dy, dz, grip), got {action!r}"
         try:
-            arr = np.asarray(action, dtype=np.float32)
+            raw = np.asarray(action)
         except (TypeError, ValueError):
-            raise ValueError(
-                f"action must be {ACTION_DIM} finite numbers (dx, dy, dz, grip), got {action!r}"
-            ) from None
+            raise ValueError(message) from None
+        # Strings, bytes and complex numbers would convert (or lose their imaginary part)
+        # silently under a float cast: only bool, int and float arrays are actions.
+        if raw.dtype.kind not in ACTION_DTYPE_KINDS:
+            raise ValueError(f"{message} (dtype {raw.dtype}; allowed: bool, int or float)")
+        arr = raw.astype(np.float32)
         if arr.shape != (ACTION_DIM,):
             raise ValueError(
                 f"action must have shape ({ACTION_DIM},) = (dx, dy, dz, grip), got shape {arr.shape}"

@@ -133,11 +133,16 @@ class Lift(Skill):
 
 
 class CarryTo(Skill):
-    """Carry the held body, its lowest point at ``height`` (m), until it is above ``xy`` (m)."""
+    """Carry the held body, its lowest point at ``height`` (m), until it is above ``xy`` (m).
+    It steers the body's held centre (:func:`held_centre`): steering the body itself, which
+    slides to and fro between the fingers, can circle its goal for good."""
 
     def __init__(self, body: str, xy, height: float) -> None:
         super().__init__(body)
         self.xy, self.height = np.asarray(xy, dtype=float), height
+
+    def target(self, world: World) -> np.ndarray:
+        return held_centre(world, self.body)
 
     def command(self, world: World) -> tuple[np.ndarray, float]:
         ee, target = world.robot.ee_position(), self.target(world)
@@ -154,11 +159,15 @@ class CarryTo(Skill):
 
 
 class Lower(Skill):
-    """Lower the held body, keeping it above ``xy``, until its lowest point is at ``height`` (m)."""
+    """Lower the held body, keeping its held centre (:func:`held_centre`) above ``xy``, until
+    its lowest point is at ``height`` (m)."""
 
     def __init__(self, body: str, xy, height: float) -> None:
         super().__init__(body)
         self.xy, self.height = np.asarray(xy, dtype=float), height
+
+    def target(self, world: World) -> np.ndarray:
+        return held_centre(world, self.body)
 
     def command(self, world: World) -> tuple[np.ndarray, float]:
         ee, target = world.robot.ee_position(), self.target(world)
@@ -404,12 +413,15 @@ def pick_skills(body: str) -> list[Skill]:
 
 def place_skills(body: str, xy, rest_height: float, carry_height: float, drop: float) -> list[Skill]:
     """Pick ``body`` up, carry it with its bottom at ``carry_height`` (m) to above ``xy``,
-    lower it until its bottom is ``drop`` (m) above ``rest_height`` (m), release, retreat."""
+    lower it until its bottom is ``drop`` (m) above ``rest_height`` (m), release it in place,
+    rise clear of it slowly, retreat. The slow rise (short steps, so a noisy expert's noise
+    fades too) keeps the open fingers from brushing a ball off a plate."""
     return [
         *pick_skills(body),
         CarryTo(body, xy, carry_height),
         Lower(body, xy, rest_height + drop),
         Release(body),
+        LiftClear(body),
         Retreat(body),
     ]
 
