@@ -22,6 +22,7 @@ TASK_ENVS: tuple[tuple[str, str], ...] = (
     ("VLAPush", "push"),
     ("VLAStack", "stack"),
     ("VLAPickSpatial", "spatial_pick"),
+    ("VLARearrange", "rearrange"),
 )
 MULTI_TASK_STEM = "VLAMultiTask"
 

@@ -8,6 +8,7 @@ from vla_gym.envs.tasks.base import Role, Task, TaskEpisode, World
 from vla_gym.envs.tasks.pick import PickTask
 from vla_gym.envs.tasks.place import PlaceTask
 from vla_gym.envs.tasks.push import PushTask
+from vla_gym.envs.tasks.rearrange import RearrangeTask
 from vla_gym.envs.tasks.spatial_pick import SpatialPickTask
 from vla_gym.envs.tasks.stack import StackTask
 
@@ -18,6 +19,19 @@ TASKS: dict[str, type[Task]] = {
     PushTask.name: PushTask,
     StackTask.name: StackTask,
     SpatialPickTask.name: SpatialPickTask,
+    RearrangeTask.name: RearrangeTask,
 }
 
-__all__ = ["TASKS", "PickTask", "Role", "Task", "TaskEpisode", "World"]
+__all__ = [
+    "TASKS",
+    "PickTask",
+    "PlaceTask",
+    "PushTask",
+    "RearrangeTask",
+    "Role",
+    "SpatialPickTask",
+    "StackTask",
+    "Task",
+    "TaskEpisode",
+    "World",
+]

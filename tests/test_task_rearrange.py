@@ -1,0 +1,212 @@
+"""The rearrange task: its scenes (2-3 steps, distinct objects and receptacles, crowded
+six-object layouts), instructions (chained clauses within 128 bytes), the all-subgoals
+predicate on hand-placed states, reset options, dense reward and the scripted rearranger."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pybullet as p
+import pytest
+
+from vla_gym.envs.experts.scripted import ScriptedExpert
+from vla_gym.envs.language import MAX_INSTRUCTION_BYTES
+from vla_gym.envs.scene import COLOURS, HELD_OUT_COMBINATIONS, HELD_OUT_RECEPTACLES
+from vla_gym.envs.tasks.place import NOUNS, PREPOSITIONS, RECEPTACLE_NOUNS, VERBS, PlaceWords
+from vla_gym.envs.tasks.rearrange import (
+    CONNECTIVES,
+    MAX_STEPS,
+    NUM_RECEPTACLES,
+    SUBGOAL_ROLES,
+    RearrangeTask,
+    compose_instruction,
+)
+
+ENV_ID = "VLARearrange-v0"
+NEUTRAL = np.array([0.0, 0.0, 0.0, -1.0], np.float32)
+SETTLE_STEPS = 8
+PLACE_DROP = 0.002  # m above its resting pose from which a hand-placed body is let fall
+
+
+@pytest.fixture
+def rearrange_env(make_env):
+    return make_env(ENV_ID, image_size=32)
+
+
+def _seed_with(env, predicate, seeds=range(80), **kwargs):
+    """The first seed whose reset info satisfies ``predicate(info)``, and that info."""
+    for seed in seeds:
+        _, info = env.reset(seed=seed, **kwargs)
+        if predicate(info):
+            return seed, info
+    pytest.fail("no seed gave the scene this test needs")
+
+
+def _place_in(env, obj_role: str, fixture_role: str) -> None:
+    """Teleport the object playing ``obj_role`` onto the floor of the ``fixture_role`` receptacle."""
+    unwrapped = env.unwrapped
+    episode = unwrapped.task.episode
+    obj, fixture = episode.roles[obj_role], episode.roles[fixture_role]
+    spec, floor = episode.spec_of(obj), episode.spec_of(fixture)
+    unwrapped.sim.set_base_position(obj.body_name, [*floor.xy, floor.floor_height + spec.half_height + PLACE_DROP])
+    body = unwrapped.sim.bodies[obj.body_name]
+    unwrapped.sim.client.changeDynamics(body, -1, activationState=p.ACTIVATION_STATE_WAKE_UP)
+
+
+def _settle(env, steps: int = SETTLE_STEPS) -> dict:
+    for _ in range(steps):
+        _, _, terminated, _, info = env.step(NEUTRAL)
+        if terminated:
+            break
+    return info
+
+
+# --- scenes -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_scenes_have_distinct_steps_and_follow_the_object_split(split):
+    task = RearrangeTask(None)
+    steps_seen = set()
+    for seed in range(40):
+        for num_objects in (2, 6):  # six objects and three receptacles still fit the wide region
+            episode = task.sample_scene(np.random.default_rng(seed), num_objects, split)
+            steps = RearrangeTask.num_subgoals(episode)
+            steps_seen.add(steps)
+            assert 2 <= steps <= min(MAX_STEPS, num_objects)
+            assert len(episode.objects) == num_objects and len(episode.fixtures) == NUM_RECEPTACLES
+            assert list(episode.roles) == [role for pair in SUBGOAL_ROLES[:steps] for role in pair]
+            bodies = list(episode.roles.values())
+            assert len(set(bodies)) == len(bodies)  # each step its own object and its own receptacle
+            objects = {(o.colour, o.shape) for o in episode.objects}
+            fixtures = {(f.colour, f.kind) for f in episode.fixtures}
+            if split == "train":
+                assert not objects & HELD_OUT_COMBINATIONS and not fixtures & HELD_OUT_RECEPTACLES
+            else:
+                target = episode.spec_of(episode.roles["target"])
+                receptacle = episode.spec_of(episode.roles["receptacle"])
+                assert (target.colour, target.shape) in HELD_OUT_COMBINATIONS
+                assert (receptacle.colour, receptacle.kind) in HELD_OUT_RECEPTACLES
+    assert steps_seen == {2, 3}
+
+
+# --- instructions ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_instructions_chain_every_step_in_order_within_128_bytes(split):
+    task = RearrangeTask(None)
+    test_only = RearrangeTask.words("test") - RearrangeTask.words("train")
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        episode = task.sample_scene(rng, 2 + seed % 5, "train")
+        text = task.sample_instruction(rng, episode, split)
+        assert len(text.encode("utf-8")) <= MAX_INSTRUCTION_BYTES, text
+        words = re.findall(r"[a-z]+", text)
+        assert set(words) - set(COLOURS) <= RearrangeTask.words(split), text
+        assert bool(set(words) & test_only) == (split == "test"), text
+        # Every role's colour is named, the steps in order (an object before its receptacle).
+        position = 0
+        for role in episode.roles:
+            colour = episode.spec_of(episode.roles[role]).colour
+            assert colour in words[position:], (text, role)
+            position += words[position:].index(colour) + 1
+        connectives = sum(text.count(c) for c in CONNECTIVES[split])  # none is part of another
+        assert connectives == RearrangeTask.num_subgoals(episode) - 1, text
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_the_shortest_form_fits_the_longest_words(split):
+    """The last, terse form of a three-step instruction fits 128 bytes with the longest word of every slot."""
+    longest = lambda words: max(words, key=len)  # noqa: E731
+    nouns = [n for group in NOUNS[split].values() for n in group]
+    words = PlaceWords(
+        longest(VERBS[split]),
+        longest(nouns),
+        longest([w for group in PREPOSITIONS[split].values() for w in group]),
+        longest([w for group in RECEPTACLE_NOUNS[split].values() for w in group]),
+    )
+    colours = {"colour": longest(COLOURS), "receptacle_colour": longest(COLOURS)}
+    connective = longest(CONNECTIVES[split])
+    clauses, connectives = [(colours, words)] * MAX_STEPS, [connective] * (MAX_STEPS - 1)
+    text = compose_instruction("{steps}", clauses, connectives, wrapped=False, every_verb=False, articles=False)
+    assert len(text.encode("utf-8")) <= MAX_INSTRUCTION_BYTES, text
+
+
+# --- success predicate ------------------------------------------------------------------------
+def test_success_needs_every_step_placed(rearrange_env):
+    seed, info = _seed_with(rearrange_env, lambda i: i["num_subgoals"] == 3)
+    pairs = SUBGOAL_ROLES[:3]
+    for done, (obj_role, fixture_role) in enumerate(pairs[:-1], start=1):
+        _place_in(rearrange_env, obj_role, fixture_role)
+        info = _settle(rearrange_env)
+        assert info["is_success"] is False and info["subgoals_done"] == done and info["num_subgoals"] == 3
+    _place_in(rearrange_env, *pairs[-1])
+    info = _settle(rearrange_env)
+    assert info["is_success"] is True and info["subgoals_done"] == 3
+
+
+def test_objects_in_each_others_receptacles_count_for_nothing(rearrange_env):
+    _seed_with(rearrange_env, lambda i: i["num_subgoals"] == 2)
+    _place_in(rearrange_env, "target", "receptacle_1")
+    _place_in(rearrange_env, "target_1", "receptacle")
+    info = _settle(rearrange_env)
+    assert info["is_success"] is False and info["subgoals_done"] == 0
+
+
+def test_a_knocked_out_step_no_longer_counts(rearrange_env):
+    _seed_with(rearrange_env, lambda i: i["num_subgoals"] == 2)
+    _place_in(rearrange_env, "target", "receptacle")
+    assert _settle(rearrange_env)["subgoals_done"] == 1
+    unwrapped = rearrange_env.unwrapped
+    body = unwrapped.task.episode.roles["target"].body_name
+    unwrapped.sim.set_base_position(body, [0.45, 0.0, 0.2])  # lifted out, falling
+    assert unwrapped.task.evaluate()["subgoals_done"] == 0
+
+
+# --- reset options ------------------------------------------------------------------------------------
+def test_role_options_rebind_later_steps(rearrange_env):
+    seed, info = _seed_with(rearrange_env, lambda i: i["num_subgoals"] == 2 and len(i["objects"]) >= 3)
+    spare_object = next(o for o in info["objects"] if o not in info["roles"].values())
+    spare_fixture = next(f for f in info["fixtures"] if f not in info["roles"].values())
+    options = {"target_1": spare_object["colour"], "receptacle_1": spare_fixture["colour"]}
+    _, rebound = rearrange_env.reset(seed=seed, options=options)
+    assert rebound["roles"]["target_1"] == spare_object and rebound["roles"]["receptacle_1"] == spare_fixture
+    assert rebound["roles"]["target"] == info["roles"]["target"] and rebound["objects"] == info["objects"]
+    assert spare_object["colour"] in rebound["instruction"] and spare_fixture["colour"] in rebound["instruction"]
+    with pytest.raises(ValueError, match="target_2"):
+        rearrange_env.reset(seed=seed, options={"target_2": spare_object["colour"]})  # a two-step episode
+    absent = next(c for c in COLOURS if c not in [f["colour"] for f in info["fixtures"]])
+    with pytest.raises(ValueError, match=f"receptacle_1={absent!r}"):
+        rearrange_env.reset(seed=seed, options={"receptacle_1": absent})
+    with pytest.raises(ValueError, match="same body"):
+        rearrange_env.reset(seed=seed, options={"receptacle_1": info["roles"]["receptacle"]["colour"]})
+
+
+# --- dense reward and the expert -----------------------------------------------------------------------
+def test_expert_rearranges_and_dense_reward_grows(make_env):
+    env = make_env("VLARearrangeDense-v0", image_size=32)
+    steps_seen = set()
+    for seed in range(4):
+        _, info = env.reset(seed=seed)
+        steps_seen.add(info["num_subgoals"])
+        expert = ScriptedExpert(env)
+        rewards, done = [], [0]
+        for _ in range(RearrangeTask.max_episode_steps):
+            _, reward, terminated, truncated, info = env.step(expert.act())
+            rewards.append(reward)
+            done.append(info["subgoals_done"])
+            if terminated or truncated:
+                break
+        assert info["is_success"], f"seed {seed}: {info['instruction']}"
+        assert done == sorted(done) and done[-1] == info["num_subgoals"]  # one step after another
+        assert rewards[-1] == 1.0 and all(0.0 <= r < 1.0 for r in rewards[:-1])
+        assert rewards[-2] > 1.0 - 1.0 / info["num_subgoals"] > rewards[0]
+    assert steps_seen == {2, 3}
+
+
+def test_the_plan_skips_steps_already_done(rearrange_env):
+    _seed_with(rearrange_env, lambda i: i["num_subgoals"] == 2)
+    task = rearrange_env.unwrapped.task
+    full = task.plan(task.episode.roles)
+    _place_in(rearrange_env, "target", "receptacle")
+    _settle(rearrange_env)
+    rest = task.plan(task.episode.roles)
+    assert len(rest) == len(full) // 2 and {s.body for s in rest} == {task.episode.roles["target_1"].body_name}
