@@ -55,6 +55,7 @@ def test_ppo_starts_from_the_bc_weights_exactly(bc_checkpoint, tmp_path):
         trainer.close()
 
 
+@pytest.mark.parametrize("env_id", ["VLAPick-v0", "VLAPickDense-v0", "VLAMultiTaskDense-v0"])
 def test_critic_warmup_leaves_the_actor_unchanged_then_ppo_moves_it(bc_checkpoint, tmp_path, env_id):
     out = tmp_path / "ppo"
     bc = load_policy(bc_checkpoint, device="cpu").state_dict()
