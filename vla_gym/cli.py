@@ -59,13 +59,17 @@ def render_observation(
     return text
 
 
+#: Lines of text above each panel of :func:`render_grid` (rearrange's instructions are long).
+GRID_TEXT_LINES = 2
+
+
 def render_grid(env_ids: Sequence[str], seed: int, out: str, view: str = "viewer", columns: int = 3) -> list[str]:
     """One panel per env id (reset with ``seed``), the instruction above each, tiled in
     ``columns`` columns into one PNG. Returns the instructions."""
     panels, texts = [], []
     for env_id in env_ids:
         image, text = _render_one(env_id, seed, view=view)
-        panels.append(put_text_band(image, f"{env_id}: {text}"))
+        panels.append(put_text_band(image, f"{env_id}: {text}", lines=GRID_TEXT_LINES))
         texts.append(text)
     height, width = max(p.shape[0] for p in panels), max(p.shape[1] for p in panels)
     panels = [np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]

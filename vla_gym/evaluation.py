@@ -38,7 +38,8 @@ VIDEO_FPS = 10
 #: The last frame of each recorded episode, with its outcome, is held this many frames (1 s).
 VIDEO_HOLD_FRAMES = VIDEO_FPS
 #: Text lines written above each video frame (instruction; episode, seed and outcome).
-VIDEO_TEXT_LINES = 2
+VIDEO_INSTRUCTION_LINES = 2  # rearrange's instructions take two lines at 480 px
+VIDEO_TEXT_LINES = VIDEO_INSTRUCTION_LINES + 1
 JSON_INDENT = 2
 #: With ``run_evaluation(target=...)``, give up after probing this many seeds per episode.
 MAX_SEEDS_PROBED_PER_EPISODE = 50
@@ -249,8 +250,9 @@ def _render_frame(env: gym.Env) -> np.ndarray:
 
 
 def _annotate(frame: np.ndarray, instruction: str, status: str) -> np.ndarray:
-    """``frame`` (H, W, 3) with two text bands above it: instruction, then ``status``."""
-    return put_text_band(put_text_band(frame, status), instruction)
+    """``frame`` (H, W, 3) with text bands above it: the instruction (wrapped to
+    :data:`VIDEO_INSTRUCTION_LINES` lines), then ``status``."""
+    return put_text_band(put_text_band(frame, status), instruction, lines=VIDEO_INSTRUCTION_LINES)
 
 
 def _reset_options(options: ResetOptions | None, seed: int, index: int) -> dict[str, Any] | None:

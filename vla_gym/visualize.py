@@ -14,6 +14,8 @@ DEPTH_COLORMAP = cv2.COLORMAP_VIRIDIS
 TEXT_BAND_HEIGHT = 22  # px
 TEXT_SCALE = 0.45
 TEXT_COLOUR = (255, 255, 255)  # RGB
+TEXT_FONT = cv2.FONT_HERSHEY_SIMPLEX
+TEXT_MARGIN = 4  # px left of the text
 
 
 def depth_to_rgb(depth: np.ndarray, near: float | None = None, far: float | None = None) -> np.ndarray:
@@ -26,11 +28,32 @@ def depth_to_rgb(depth: np.ndarray, near: float | None = None, far: float | None
     return bgr[..., ::-1].copy()
 
 
-def put_text_band(image: np.ndarray, text: str) -> np.ndarray:
-    """Return ``image`` uint8 (H, W, 3) with a black band holding ``text`` above it."""
-    band = np.zeros((TEXT_BAND_HEIGHT, image.shape[1], 3), dtype=np.uint8)
-    cv2.putText(band, text, (4, TEXT_BAND_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, TEXT_SCALE, TEXT_COLOUR, 1, cv2.LINE_AA)
-    return np.concatenate([band, image], axis=0)
+def put_text_band(image: np.ndarray, text: str, lines: int = 1) -> np.ndarray:
+    """Return ``image`` uint8 (H, W, 3) with ``lines`` black bands above it holding ``text``,
+    wrapped at word boundaries to the image's width (what does not fit is cut). A fixed
+    number of lines keeps every frame of a video the same size."""
+    wrapped = _wrap(text, image.shape[1] - 2 * TEXT_MARGIN, lines)
+    bands = []
+    for line in wrapped + [""] * (lines - len(wrapped)):
+        band = np.zeros((TEXT_BAND_HEIGHT, image.shape[1], 3), dtype=np.uint8)
+        cv2.putText(band, line, (TEXT_MARGIN, TEXT_BAND_HEIGHT - 7), TEXT_FONT, TEXT_SCALE, TEXT_COLOUR, 1, cv2.LINE_AA)
+        bands.append(band)
+    return np.concatenate([*bands, image], axis=0)
+
+
+def _wrap(text: str, width: int, lines: int) -> list[str]:
+    """``text`` split at spaces into at most ``lines`` lines of at most ``width`` px each
+    (the last line takes the rest, and may be cut when drawn)."""
+    out: list[str] = []
+    words = text.split(" ")
+    while words and len(out) < lines - 1:
+        line = words.pop(0)
+        while words and cv2.getTextSize(f"{line} {words[0]}", TEXT_FONT, TEXT_SCALE, 1)[0][0] <= width:
+            line = f"{line} {words.pop(0)}"
+        out.append(line)
+    if words:
+        out.append(" ".join(words))
+    return out
 
 
 def observation_panel(obs: dict[str, np.ndarray], scale: int = 4, text: str | None = None) -> np.ndarray:
