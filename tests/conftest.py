@@ -38,6 +38,21 @@ def assert_obs_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None
         np.testing.assert_array_equal(a[key], b[key], err_msg=f"observation key {key!r} differs")
 
 
+def interrupt_on_call(func, call: int):
+    """``func`` wrapped to raise ``KeyboardInterrupt`` (as Ctrl-C would) on its ``call``-th
+    call (counted from 1), and to pass every other call through."""
+    calls = 0
+
+    def wrapped(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == call:
+            raise KeyboardInterrupt
+        return func(*args, **kwargs)
+
+    return wrapped
+
+
 @pytest.fixture(scope="session")
 def demo_file(tmp_path_factory) -> str:
     """Six expert episodes of VLAPick-v0 (seeds 0-5), collected in this process."""

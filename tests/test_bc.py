@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import interrupt_on_call
 from vla_gym.agents import bc as bc_module
 from vla_gym.agents.bc import BCConfig, lr_factor, train_bc
 from vla_gym.agents.checkpoint import CheckpointError, load_policy, read_checkpoint, resolve_device
@@ -88,16 +89,8 @@ def test_resume_continues_the_step_count(demo_file, tmp_path):
 def test_interrupted_run_resumes_mid_epoch(demo_file, tmp_path, monkeypatch):
     out = tmp_path / "run"
     config = tiny_config(demo_file, out, epochs=2, batch_size=16)
-    calls = {"n": 0}
     real = bc_module.augment_batch
-
-    def interrupt_on_fourth_batch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(bc_module, "augment_batch", interrupt_on_fourth_batch)
+    monkeypatch.setattr(bc_module, "augment_batch", interrupt_on_call(real, 4))  # on the fourth batch
     with pytest.raises(KeyboardInterrupt):
         train_bc(config)
     saved = read_checkpoint(out / "last.pt")["meta"]

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import interrupt_on_call
 from vla_gym.agents import bc as bc_module
 from vla_gym.agents.bc import BCConfig, train_bc
 from vla_gym.agents.checkpoint import (
@@ -254,16 +255,8 @@ def test_bc_resume_to_more_epochs_is_bit_identical(demo_file, tmp_path):
 
 def test_bc_interrupted_mid_epoch_resumes_bit_identical(demo_file, tmp_path, monkeypatch):
     straight = train_bc(tiny_bc(demo_file, tmp_path / "straight", epochs=2))
-    calls = {"n": 0}
     real = bc_module.augment_batch
-
-    def interrupt_on_fifth_batch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(bc_module, "augment_batch", interrupt_on_fifth_batch)
+    monkeypatch.setattr(bc_module, "augment_batch", interrupt_on_call(real, 5))  # on the fifth batch
     with pytest.raises(KeyboardInterrupt):
         train_bc(tiny_bc(demo_file, tmp_path / "cut", epochs=2))
     monkeypatch.setattr(bc_module, "augment_batch", real)

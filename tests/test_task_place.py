@@ -8,69 +8,28 @@ import numpy as np
 import pybullet as p
 import pytest
 
+from tests.task_helpers import (
+    TEST_IMAGE_SIZE,
+    expert_holds_it_there,
+    instruction_words,
+    place,
+    place_in,
+    run_expert,
+    seed_with,
+    set_velocity,
+    settle,
+    spec,
+    task_env_fixture,
+)
 from vla_gym.envs.experts.scripted import ScriptedExpert
 from vla_gym.envs.scene import COLOURS, HELD_OUT_COMBINATIONS, HELD_OUT_RECEPTACLES, RECEPTACLES
 from vla_gym.envs.tasks.base import Role
 from vla_gym.envs.tasks.place import NUM_RECEPTACLES, REST_TOLERANCE, PlaceTask, lowest_point, object_in_receptacle
 
 ENV_ID = "VLAPlace-v0"
-NEUTRAL = np.array([0.0, 0.0, 0.0, -1.0], np.float32)
 SETTLE_STEPS = 8
-#: Height (m) above its resting pose from which a hand-placed body is let fall.
-PLACE_DROP = 0.002
 
-
-@pytest.fixture
-def place_env(make_env):
-    return make_env(ENV_ID, image_size=32)
-
-
-def _seed_with(env, predicate, seeds=range(80), **kwargs):
-    """The first seed whose reset info satisfies ``predicate(info)``, and that info."""
-    for seed in seeds:
-        _, info = env.reset(seed=seed, **kwargs)
-        if predicate(info):
-            return seed, info
-    pytest.fail("no seed gave the scene this test needs")
-
-
-def _body(env, role_or_body: str) -> str:
-    roles = env.unwrapped.task.episode.roles
-    return roles[role_or_body].body_name if role_or_body in roles else role_or_body
-
-
-def _spec(env, role_or_body: str):
-    episode = env.unwrapped.task.episode
-    kind, index = _body(env, role_or_body).split("_")
-    return (episode.objects if kind == "object" else episode.fixtures)[int(index)]
-
-
-def _place(env, role_or_body: str, xy, bottom: float = 0.0, orientation=None) -> None:
-    """Teleport an object (role or body name) to ``xy`` (m), its lowest point ``bottom`` (m)
-    above the table (plus :data:`PLACE_DROP`); upright as spawned, or at ``orientation``
-    (a quaternion, then its centre at ``bottom`` plus the object's radius)."""
-    body, sim = _body(env, role_or_body), env.unwrapped.sim
-    spec = _spec(env, role_or_body)
-    body_id = sim.bodies[body]
-    if orientation is None:
-        sim.set_base_position(body, [*xy, bottom + spec.half_height + PLACE_DROP])
-    else:
-        sim.client.resetBasePositionAndOrientation(body_id, [*xy, bottom + 0.025 + PLACE_DROP], orientation)
-    sim.client.changeDynamics(body_id, -1, activationState=p.ACTIVATION_STATE_WAKE_UP)
-
-
-def _place_in(env, obj: str, fixture: str, offset=(0.0, 0.0), **kwargs) -> None:
-    """Put object ``obj`` on the floor of receptacle ``fixture`` (roles or body names)."""
-    spec = _spec(env, fixture)
-    _place(env, obj, np.asarray(spec.xy) + np.asarray(offset), bottom=spec.floor_height, **kwargs)
-
-
-def _settle(env, steps: int = SETTLE_STEPS) -> dict:
-    for _ in range(steps):
-        _, _, terminated, _, info = env.step(NEUTRAL)
-        if terminated:
-            break
-    return info
+place_env = task_env_fixture(ENV_ID)
 
 
 def _other_fixture(env) -> str:
@@ -87,9 +46,9 @@ def _other_object(env) -> str:
 @pytest.mark.parametrize("kind", RECEPTACLES)
 @pytest.mark.parametrize("offset", [(0.0, 0.0), (0.01, -0.008)])
 def test_target_resting_in_the_receptacle_succeeds(place_env, kind, offset):
-    _seed_with(place_env, lambda i: i["roles"]["receptacle"]["kind"] == kind)
-    _place_in(place_env, "target", "receptacle", offset)
-    info = _settle(place_env)
+    seed_with(place_env, lambda i: i["roles"]["receptacle"]["kind"] == kind)
+    place_in(place_env, "target", "receptacle", offset)
+    info = settle(place_env, SETTLE_STEPS)
     assert info["is_success"] is True and info["subgoals_done"] == info["num_subgoals"] == 1
 
 
@@ -97,59 +56,50 @@ def test_wrong_receptacle_or_wrong_object_is_not_success(place_env):
     place_env.reset(seed=0)
     task = place_env.unwrapped.task
     other_fixture = _other_fixture(place_env)
-    _place_in(place_env, "target", other_fixture)
-    info = _settle(place_env)
+    place_in(place_env, "target", other_fixture)
+    info = settle(place_env, SETTLE_STEPS)
     assert info["is_success"] is False
     assert object_in_receptacle(task, "target", Role("fixture", int(other_fixture.split("_")[1])))  # placed, elsewhere
     place_env.reset(seed=0)
     other_object = _other_object(place_env)
-    _place_in(place_env, other_object, "receptacle")
-    info = _settle(place_env)
+    place_in(place_env, other_object, "receptacle")
+    info = settle(place_env, SETTLE_STEPS)
     assert info["is_success"] is False
     assert object_in_receptacle(task, Role("object", int(other_object.split("_")[1])), "receptacle")
 
 
 def test_target_beside_or_on_top_of_something_in_the_receptacle_is_not_success(place_env):
     place_env.reset(seed=0)
-    spec = _spec(place_env, "receptacle")
-    beside = np.asarray(spec.xy) + np.array([spec.inner_radius + 0.04, 0.0])  # on the table, just outside
-    _place(place_env, "target", beside)
-    assert _settle(place_env)["is_success"] is False
+    receptacle = spec(place_env, "receptacle")
+    beside = np.asarray(receptacle.xy) + np.array([receptacle.inner_radius + 0.04, 0.0])  # on the table, just outside
+    place(place_env, "target", beside)
+    assert settle(place_env, SETTLE_STEPS)["is_success"] is False
     # On top of a cube that rests in the receptacle: inside its footprint, but not on its floor.
     def fits(info: dict) -> bool:
         first = info["objects"][0]
         return info["target"]["shape"] != "sphere" and first["shape"] == "cube" and info["target"] != first
 
-    _seed_with(place_env, fits)
-    task, spec = place_env.unwrapped.task, _spec(place_env, "receptacle")
-    _place_in(place_env, "object_0", "receptacle")
-    _settle(place_env, 3)
-    _place(place_env, "target", spec.xy, bottom=float(place_env.unwrapped.sim.aabb("object_0")[1][2]))
-    info = _settle(place_env)
+    seed_with(place_env, fits)
+    task, receptacle = place_env.unwrapped.task, spec(place_env, "receptacle")
+    place_in(place_env, "object_0", "receptacle")
+    settle(place_env, 3)
+    place(place_env, "target", receptacle.xy, bottom=float(place_env.unwrapped.sim.aabb("object_0")[1][2]))
+    info = settle(place_env, SETTLE_STEPS)
     evaluation = task.evaluate()
     assert evaluation["inside"] and not evaluation["resting"] and info["is_success"] is False
-    assert lowest_point(task, task.episode.roles["target"]) > spec.floor_height + REST_TOLERANCE
+    assert lowest_point(task, task.episode.roles["target"]) > receptacle.floor_height + REST_TOLERANCE
 
 
 def test_a_moving_or_held_target_is_not_success(place_env):
     place_env.reset(seed=1)
-    _place_in(place_env, "target", "receptacle")
-    _settle(place_env, 3)
-    unwrapped = place_env.unwrapped
-    body = unwrapped.task.episode.roles["target"].body_name
-    unwrapped.sim.client.resetBaseVelocity(unwrapped.sim.bodies[body], [0.2, 0.0, 0.0])
-    evaluation = unwrapped.task.evaluate()
+    place_in(place_env, "target", "receptacle")
+    settle(place_env, 3)
+    set_velocity(place_env, "target", [0.2, 0.0, 0.0])
+    evaluation = place_env.unwrapped.task.evaluate()
     assert evaluation["resting"] and not evaluation["success"]
     # Held inside the receptacle by the expert's grip, before it lets go: not yet success.
     place_env.reset(seed=1)
-    expert = ScriptedExpert(place_env)
-    held_inside = False
-    for _ in range(PlaceTask.max_episode_steps):
-        _, _, terminated, _, info = place_env.step(expert.act())
-        evaluation = unwrapped.task.evaluate()
-        held_inside |= evaluation["inside"] and evaluation["touched"] and not info["is_success"]
-        if terminated:
-            break
+    held_inside, info = expert_holds_it_there(place_env, "inside", PlaceTask.max_episode_steps)
     assert held_inside and info["is_success"]
 
 
@@ -159,15 +109,15 @@ def test_a_cylinder_lying_on_its_side_in_a_bowl_rests_there(place_env):
         shapes = [o["shape"] for o in info["objects"]]
         return info["roles"]["receptacle"]["kind"] == "bowl" and "cylinder" in shapes
 
-    seed, info = _seed_with(place_env, fits)
+    seed, info = seed_with(place_env, fits)
     cylinder = next(c["colour"] for c in info["objects"] if c["shape"] == "cylinder")
     place_env.reset(seed=seed, options={"target": cylinder})
     lying = p.getQuaternionFromEuler((np.pi / 2, 0.0, 0.3))
-    _place_in(place_env, "target", "receptacle", orientation=lying)
-    info = _settle(place_env, 12)
+    place_in(place_env, "target", "receptacle", orientation=lying)
+    info = settle(place_env, 12)
     task = place_env.unwrapped.task
     target = task.episode.roles["target"]
-    floor = _spec(place_env, "receptacle").floor_height
+    floor = spec(place_env, "receptacle").floor_height
     assert abs(lowest_point(task, target) - floor) < 0.002
     client = task.world.sim.client
     orientation = client.getBasePositionAndOrientation(task.world.sim.bodies[target.body_name])[1]
@@ -178,7 +128,7 @@ def test_a_cylinder_lying_on_its_side_in_a_bowl_rests_there(place_env):
 # --- reset options and splits ---------------------------------------------------------------------
 def _named_in_order(text: str, first: str, second: str) -> bool:
     """Whether colour ``first`` is named before the last mention of colour ``second``."""
-    words = text.replace(",", "").rstrip("?").split()
+    words = instruction_words(text)
     return first in words and second in words and words.index(first) < len(words) - 1 - words[::-1].index(second)
 
 
@@ -222,11 +172,11 @@ def test_sampled_scenes_follow_the_object_split():
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_instruction_names_target_then_receptacle(make_env, split):
-    env = make_env(ENV_ID, image_size=32, instruction_split=split)
+    env = make_env(ENV_ID, image_size=TEST_IMAGE_SIZE, instruction_split=split)
     for seed in range(12):
         _, info = env.reset(seed=seed)
         assert _named_in_order(info["instruction"], info["target"]["colour"], info["roles"]["receptacle"]["colour"])
-        words = set(info["instruction"].rstrip("?").replace(",", "").split())
+        words = set(instruction_words(info["instruction"]))
         assert words - set(COLOURS) <= PlaceTask.words(split)
 
 
@@ -238,16 +188,11 @@ def test_blind_expert_may_take_any_receptacle(place_env):
 
 # --- dense reward and the expert -----------------------------------------------------------------------
 def test_expert_places_and_dense_reward_grows(make_env):
-    env = make_env("VLAPlaceDense-v0", image_size=32)
+    env = make_env("VLAPlaceDense-v0", image_size=TEST_IMAGE_SIZE)
     for seed in range(5):
         env.reset(seed=seed)
-        expert = ScriptedExpert(env)
-        rewards = []
-        for _ in range(PlaceTask.max_episode_steps):
-            _, reward, terminated, truncated, info = env.step(expert.act())
-            rewards.append(reward)
-            if terminated or truncated:
-                break
+        rewards, infos = run_expert(env, ScriptedExpert(env), PlaceTask.max_episode_steps)
+        info = infos[-1]
         assert info["is_success"], f"seed {seed}: {info['instruction']}"
         assert rewards[-1] == 1.0 and all(0.0 <= r < 1.0 for r in rewards[:-1])
         assert rewards[-2] > 0.5 > rewards[0]

@@ -4,9 +4,19 @@ reset options, split rules, dense reward and the scripted pusher."""
 from __future__ import annotations
 
 import numpy as np
-import pybullet as p
 import pytest
 
+from tests.task_helpers import (
+    NEUTRAL,
+    TEST_IMAGE_SIZE,
+    instruction_words,
+    place,
+    run_expert,
+    seed_with,
+    settle,
+    task_env_fixture,
+    teleport,
+)
 from vla_gym.envs.experts.scripted import ScriptedExpert
 from vla_gym.envs.scene import COLOURS, HELD_OUT_COMBINATIONS, ZONE_HALF_SIZE, FixtureSpec, ObjectSpec
 from vla_gym.envs.tasks.push import (
@@ -19,41 +29,24 @@ from vla_gym.envs.tasks.push import (
 )
 
 ENV_ID = "VLAPush-v0"
-NEUTRAL = np.array([0.0, 0.0, 0.0, -1.0], np.float32)
 SETTLE_STEPS = 4
+#: Seeds searched for a scene a test needs.
+PUSH_SCENE_SEEDS = range(60)
 
-
-@pytest.fixture
-def push_env(make_env):
-    return make_env(ENV_ID, image_size=32)
-
-
-def _seed_with(env, predicate, seeds=range(60), **kwargs):
-    """The first seed whose reset info satisfies ``predicate(info)``, and that info."""
-    for seed in seeds:
-        _, info = env.reset(seed=seed, **kwargs)
-        if predicate(info):
-            return seed, info
-    pytest.fail("no seed gave the scene this test needs")
+push_env = task_env_fixture(ENV_ID)
 
 
 def _place(env, role_or_body: str, xy, height: float | None = None) -> None:
     """Teleport a body (a role name, or a body name) to ``xy`` (m), resting or at ``height`` (m)."""
-    task = env.unwrapped.task
-    roles = task.episode.roles
-    body = roles[role_or_body].body_name if role_or_body in roles else role_or_body
-    index = int(body.split("_")[1])
-    z = task.episode.objects[index].half_height if height is None else height
-    sim = env.unwrapped.sim
-    sim.set_base_position(body, [*xy, z])
-    # A sleeping body would hang where it was put.
-    sim.client.changeDynamics(sim.bodies[body], -1, activationState=p.ACTIVATION_STATE_WAKE_UP)
+    if height is None:
+        place(env, role_or_body, xy, drop=0.0)
+    else:
+        teleport(env, role_or_body, [*xy, height])
 
 
 def _settle(env, steps: int = SETTLE_STEPS) -> dict:
-    for _ in range(steps):
-        _, _, terminated, _, info = env.step(NEUTRAL)
-    return info
+    """:func:`~tests.task_helpers.settle`, every step even past the end of the episode."""
+    return settle(env, steps, stop_when_terminated=False)
 
 
 def _zone_xy(env, role: str = "zone") -> np.ndarray:
@@ -83,7 +76,7 @@ def test_target_dropped_into_the_zone_is_a_carry_not_a_push(push_env):
 
 
 def test_another_object_or_another_zone_is_not_success(push_env):
-    seed, info = _seed_with(push_env, lambda i: len(i["fixtures"]) == 2 and len(i["objects"]) >= 3)
+    seed, info = seed_with(push_env, lambda i: len(i["fixtures"]) == 2 and len(i["objects"]) >= 3, PUSH_SCENE_SEEDS)
     task = push_env.unwrapped.task
     zone = task.episode.roles["zone"]
     other_zone = next(i for i in range(len(task.episode.fixtures)) if i != zone.index)
@@ -96,7 +89,7 @@ def test_another_object_or_another_zone_is_not_success(push_env):
 
 
 def test_dense_reward_grows_as_the_target_nears_the_zone_and_drops_once_lifted(make_env):
-    env = make_env("VLAPushDense-v0", image_size=32)
+    env = make_env("VLAPushDense-v0", image_size=TEST_IMAGE_SIZE)
     env.reset(seed=1)
     zone = _zone_xy(env)
     start = env.unwrapped.role_position("target")[:2]
@@ -144,9 +137,10 @@ def test_an_object_in_the_corridor_makes_the_push_infeasible():
 
 # --- reset options and instructions ---------------------------------------------------------------
 def test_role_options_rebind_target_and_zone(push_env):
-    seed, info = _seed_with(
+    seed, info = seed_with(
         push_env,
         lambda i: len(i["fixtures"]) == 2 and any(o["shape"] in GOAL_SHAPES and o != i["target"] for o in i["objects"]),
+        PUSH_SCENE_SEEDS,
     )
     other = next(o for o in info["objects"] if o["shape"] in GOAL_SHAPES and o != info["target"])
     other_zone = next(f for f in info["fixtures"] if f != info["roles"]["zone"])
@@ -165,7 +159,7 @@ def test_absent_colour_and_sphere_target_are_refused(push_env):
     absent_zone = next(c for c in COLOURS if c not in [f["colour"] for f in info["fixtures"]])
     with pytest.raises(ValueError, match=absent_zone):
         push_env.reset(seed=2, options={"zone": absent_zone})
-    seed, info = _seed_with(push_env, lambda i: any(o["shape"] == "sphere" for o in i["objects"]))
+    seed, info = seed_with(push_env, lambda i: any(o["shape"] == "sphere" for o in i["objects"]), PUSH_SCENE_SEEDS)
     sphere = next(o["colour"] for o in info["objects"] if o["shape"] == "sphere")
     with pytest.raises(ValueError, match=f"{sphere}.*sphere"):
         push_env.reset(seed=seed, options={"target": sphere})
@@ -173,10 +167,10 @@ def test_absent_colour_and_sphere_target_are_refused(push_env):
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_instruction_names_target_and_zone(make_env, split):
-    env = make_env(ENV_ID, image_size=32, instruction_split=split)
+    env = make_env(ENV_ID, image_size=TEST_IMAGE_SIZE, instruction_split=split)
     for seed in range(8):
         _, info = env.reset(seed=seed)
-        words = info["instruction"].rstrip("?").replace(",", "").split()
+        words = instruction_words(info["instruction"])
         assert info["target"]["colour"] in words and info["roles"]["zone"]["colour"] in words
         assert set(words) - set(COLOURS) <= PushTask.words(split)
 
@@ -185,10 +179,6 @@ def test_instruction_names_target_and_zone(make_env, split):
 def test_expert_pushes_without_lifting(push_env):
     for seed in range(5):
         push_env.reset(seed=seed)
-        expert = ScriptedExpert(push_env)
-        for _ in range(PushTask.max_episode_steps):
-            _, _, terminated, truncated, info = push_env.step(expert.act())
-            if terminated or truncated:
-                break
+        info = run_expert(push_env, ScriptedExpert(push_env), PushTask.max_episode_steps)[1][-1]
         assert info["is_success"], f"seed {seed}: {info['instruction']}"
         assert push_env.unwrapped.task.peak_bottom <= MAX_LIFT

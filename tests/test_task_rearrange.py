@@ -7,9 +7,9 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import pybullet as p
 import pytest
 
+from tests.task_helpers import TEST_IMAGE_SIZE, place_in, run_expert, seed_with, settle, task_env_fixture
 from vla_gym.envs.experts.scripted import ScriptedExpert
 from vla_gym.envs.language import MAX_INSTRUCTION_BYTES
 from vla_gym.envs.scene import COLOURS, HELD_OUT_COMBINATIONS, HELD_OUT_RECEPTACLES
@@ -24,42 +24,9 @@ from vla_gym.envs.tasks.rearrange import (
 )
 
 ENV_ID = "VLARearrange-v0"
-NEUTRAL = np.array([0.0, 0.0, 0.0, -1.0], np.float32)
 SETTLE_STEPS = 8
-PLACE_DROP = 0.002  # m above its resting pose from which a hand-placed body is let fall
 
-
-@pytest.fixture
-def rearrange_env(make_env):
-    return make_env(ENV_ID, image_size=32)
-
-
-def _seed_with(env, predicate, seeds=range(80), **kwargs):
-    """The first seed whose reset info satisfies ``predicate(info)``, and that info."""
-    for seed in seeds:
-        _, info = env.reset(seed=seed, **kwargs)
-        if predicate(info):
-            return seed, info
-    pytest.fail("no seed gave the scene this test needs")
-
-
-def _place_in(env, obj_role: str, fixture_role: str) -> None:
-    """Teleport the object playing ``obj_role`` onto the floor of the ``fixture_role`` receptacle."""
-    unwrapped = env.unwrapped
-    episode = unwrapped.task.episode
-    obj, fixture = episode.roles[obj_role], episode.roles[fixture_role]
-    spec, floor = episode.spec_of(obj), episode.spec_of(fixture)
-    unwrapped.sim.set_base_position(obj.body_name, [*floor.xy, floor.floor_height + spec.half_height + PLACE_DROP])
-    body = unwrapped.sim.bodies[obj.body_name]
-    unwrapped.sim.client.changeDynamics(body, -1, activationState=p.ACTIVATION_STATE_WAKE_UP)
-
-
-def _settle(env, steps: int = SETTLE_STEPS) -> dict:
-    for _ in range(steps):
-        _, _, terminated, _, info = env.step(NEUTRAL)
-        if terminated:
-            break
-    return info
+rearrange_env = task_env_fixture(ENV_ID)
 
 
 # --- scenes -------------------------------------------------------------------------------------
@@ -132,29 +99,29 @@ def test_the_shortest_form_fits_the_longest_words(split):
 
 # --- success predicate ------------------------------------------------------------------------
 def test_success_needs_every_step_placed(rearrange_env):
-    seed, info = _seed_with(rearrange_env, lambda i: i["num_subgoals"] == 3)
+    seed, info = seed_with(rearrange_env, lambda i: i["num_subgoals"] == 3)
     pairs = SUBGOAL_ROLES[:3]
     for done, (obj_role, fixture_role) in enumerate(pairs[:-1], start=1):
-        _place_in(rearrange_env, obj_role, fixture_role)
-        info = _settle(rearrange_env)
+        place_in(rearrange_env, obj_role, fixture_role)
+        info = settle(rearrange_env, SETTLE_STEPS)
         assert info["is_success"] is False and info["subgoals_done"] == done and info["num_subgoals"] == 3
-    _place_in(rearrange_env, *pairs[-1])
-    info = _settle(rearrange_env)
+    place_in(rearrange_env, *pairs[-1])
+    info = settle(rearrange_env, SETTLE_STEPS)
     assert info["is_success"] is True and info["subgoals_done"] == 3
 
 
 def test_objects_in_each_others_receptacles_count_for_nothing(rearrange_env):
-    _seed_with(rearrange_env, lambda i: i["num_subgoals"] == 2)
-    _place_in(rearrange_env, "target", "receptacle_1")
-    _place_in(rearrange_env, "target_1", "receptacle")
-    info = _settle(rearrange_env)
+    seed_with(rearrange_env, lambda i: i["num_subgoals"] == 2)
+    place_in(rearrange_env, "target", "receptacle_1")
+    place_in(rearrange_env, "target_1", "receptacle")
+    info = settle(rearrange_env, SETTLE_STEPS)
     assert info["is_success"] is False and info["subgoals_done"] == 0
 
 
 def test_a_knocked_out_step_no_longer_counts(rearrange_env):
-    _seed_with(rearrange_env, lambda i: i["num_subgoals"] == 2)
-    _place_in(rearrange_env, "target", "receptacle")
-    assert _settle(rearrange_env)["subgoals_done"] == 1
+    seed_with(rearrange_env, lambda i: i["num_subgoals"] == 2)
+    place_in(rearrange_env, "target", "receptacle")
+    assert settle(rearrange_env, SETTLE_STEPS)["subgoals_done"] == 1
     unwrapped = rearrange_env.unwrapped
     body = unwrapped.task.episode.roles["target"].body_name
     unwrapped.sim.set_base_position(body, [0.45, 0.0, 0.2])  # lifted out, falling
@@ -163,7 +130,7 @@ def test_a_knocked_out_step_no_longer_counts(rearrange_env):
 
 # --- reset options ------------------------------------------------------------------------------------
 def test_role_options_rebind_later_steps(rearrange_env):
-    seed, info = _seed_with(rearrange_env, lambda i: i["num_subgoals"] == 2 and len(i["objects"]) >= 3)
+    seed, info = seed_with(rearrange_env, lambda i: i["num_subgoals"] == 2 and len(i["objects"]) >= 3)
     spare_object = next(o for o in info["objects"] if o not in info["roles"].values())
     spare_fixture = next(f for f in info["fixtures"] if f not in info["roles"].values())
     options = {"target_1": spare_object["colour"], "receptacle_1": spare_fixture["colour"]}
@@ -182,19 +149,13 @@ def test_role_options_rebind_later_steps(rearrange_env):
 
 # --- dense reward and the expert -----------------------------------------------------------------------
 def test_expert_rearranges_and_dense_reward_grows(make_env):
-    env = make_env("VLARearrangeDense-v0", image_size=32)
+    env = make_env("VLARearrangeDense-v0", image_size=TEST_IMAGE_SIZE)
     steps_seen = set()
     for seed in range(4):
         _, info = env.reset(seed=seed)
         steps_seen.add(info["num_subgoals"])
-        expert = ScriptedExpert(env)
-        rewards, done = [], [0]
-        for _ in range(RearrangeTask.max_episode_steps):
-            _, reward, terminated, truncated, info = env.step(expert.act())
-            rewards.append(reward)
-            done.append(info["subgoals_done"])
-            if terminated or truncated:
-                break
+        rewards, infos = run_expert(env, ScriptedExpert(env), RearrangeTask.max_episode_steps)
+        info, done = infos[-1], [0] + [i["subgoals_done"] for i in infos]
         assert info["is_success"], f"seed {seed}: {info['instruction']}"
         assert done == sorted(done) and done[-1] == info["num_subgoals"]  # one step after another
         assert rewards[-1] == 1.0 and all(0.0 <= r < 1.0 for r in rewards[:-1])
@@ -203,10 +164,10 @@ def test_expert_rearranges_and_dense_reward_grows(make_env):
 
 
 def test_the_plan_skips_steps_already_done(rearrange_env):
-    _seed_with(rearrange_env, lambda i: i["num_subgoals"] == 2)
+    seed_with(rearrange_env, lambda i: i["num_subgoals"] == 2)
     task = rearrange_env.unwrapped.task
     full = task.plan(task.episode.roles)
-    _place_in(rearrange_env, "target", "receptacle")
-    _settle(rearrange_env)
+    place_in(rearrange_env, "target", "receptacle")
+    settle(rearrange_env, SETTLE_STEPS)
     rest = task.plan(task.episode.roles)
     assert len(rest) == len(full) // 2 and {s.body for s in rest} == {task.episode.roles["target_1"].body_name}

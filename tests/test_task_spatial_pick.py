@@ -7,9 +7,9 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import pybullet as p
 import pytest
 
+from tests.task_helpers import NEUTRAL, NEUTRAL_CLOSED, TEST_IMAGE_SIZE, run_expert, settle, task_env_fixture, teleport
 from vla_gym.envs.experts.scripted import ScriptedExpert
 from vla_gym.envs.experts.skills import Lift
 from vla_gym.envs.scene import COLOURS, HELD_OUT_COMBINATIONS, ObjectSpec
@@ -25,8 +25,6 @@ from vla_gym.envs.tasks.spatial_pick import (
 )
 
 ENV_ID = "VLAPickSpatial-v0"
-NEUTRAL_OPEN = np.array([0.0, 0.0, 0.0, -1.0], np.float32)
-NEUTRAL_CLOSED = np.array([0.0, 0.0, 0.0, 1.0], np.float32)
 SETTLE_STEPS = 4
 #: Margin (m) the checker demands, written out independently of the module's constant.
 CHECK_MARGIN = 0.04
@@ -163,26 +161,16 @@ def test_split_rules():
 
 
 # --- the env: success predicate on hand-placed states -----------------------------------------------
-@pytest.fixture
-def env(make_env):
-    return make_env(ENV_ID, image_size=32)
-
-
-def _run(env, expert: ScriptedExpert, steps: int) -> dict:
-    for _ in range(steps):
-        _, _, terminated, truncated, info = env.step(expert.act())
-        if terminated or truncated:
-            break
-    return info
+env = task_env_fixture(ENV_ID)
 
 
 def test_expert_lifts_the_target_on_each_split(make_env):
     for kwargs in ({}, {"instruction_split": "test"}, {"object_split": "test"}):
-        env = make_env(ENV_ID, image_size=32, **kwargs)
+        env = make_env(ENV_ID, image_size=TEST_IMAGE_SIZE, **kwargs)
         for seed in range(2):
             _, info = env.reset(seed=seed)
             check_unique(env.unwrapped.task.episode, info["instruction"])
-            info = _run(env, ScriptedExpert(env), SpatialPickTask.max_episode_steps)
+            info = run_expert(env, ScriptedExpert(env), SpatialPickTask.max_episode_steps)[1][-1]
             task = env.unwrapped.task
             target = task.episode.roles["target"]
             assert info["is_success"], f"{kwargs} seed {seed}: {info['instruction']}"
@@ -204,11 +192,9 @@ def test_lifting_another_object_is_not_success(env):
 
 def test_target_raised_without_a_finger_or_held_low_is_not_success(env):
     env.reset(seed=4)
-    sim, task = env.unwrapped.sim, env.unwrapped.task
-    body = task.episode.roles["target"].body_name
-    sim.set_base_position(body, [*task.episode.objects[task.episode.roles["target"].index].xy, 0.15])
-    sim.client.changeDynamics(sim.bodies[body], -1, activationState=p.ACTIVATION_STATE_WAKE_UP)
-    _, _, _, _, info = env.step(NEUTRAL_OPEN)
+    task = env.unwrapped.task
+    teleport(env, "target", [*task.episode.objects[task.episode.roles["target"].index].xy, 0.15])
+    _, _, _, _, info = env.step(NEUTRAL)
     assert task.bottom_height(task.episode.roles["target"]) >= LIFT_HEIGHT and not info["is_success"]
     # Grasped but held at the table: touched, too low.
     env.reset(seed=4)
@@ -217,8 +203,7 @@ def test_target_raised_without_a_finger_or_held_low_is_not_success(env):
         if isinstance(expert.current_skill(), Lift):
             break
         env.step(expert.act())
-    for _ in range(SETTLE_STEPS):
-        _, _, _, _, info = env.step(NEUTRAL_CLOSED)
+    info = settle(env, SETTLE_STEPS, NEUTRAL_CLOSED, stop_when_terminated=False)
     target = task.episode.roles["target"]
     assert task.touched(target) and task.bottom_height(target) < LIFT_HEIGHT and not info["is_success"]
 

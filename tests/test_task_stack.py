@@ -4,66 +4,36 @@ instructions, dense reward and the scripted stacker (which follows a nudged base
 from __future__ import annotations
 
 import numpy as np
-import pybullet as p
 import pytest
 
+from tests.task_helpers import (
+    TEST_IMAGE_SIZE,
+    body_name,
+    expert_holds_it_there,
+    instruction_words,
+    place,
+    run_expert,
+    seed_with,
+    set_velocity,
+    settle,
+    task_env_fixture,
+)
 from vla_gym.envs.experts.scripted import ScriptedExpert
 from vla_gym.envs.experts.skills import CarryAbove
 from vla_gym.envs.scene import COLOURS, HELD_OUT_COMBINATIONS, OBJECT_HALF_SIZE
 from vla_gym.envs.tasks.stack import FLAT_SHAPES, REST_TOLERANCE, StackTask
 
 ENV_ID = "VLAStack-v0"
-NEUTRAL = np.array([0.0, 0.0, 0.0, -1.0], np.float32)
 SETTLE_STEPS = 6
-#: Height (m) above its resting pose from which a hand-placed body is let fall.
-PLACE_DROP = 0.002
 
-
-@pytest.fixture
-def stack_env(make_env):
-    return make_env(ENV_ID, image_size=32)
-
-
-def _seed_with(env, predicate, seeds=range(80), **kwargs):
-    """The first seed whose reset info satisfies ``predicate(info)``, and that info."""
-    for seed in seeds:
-        _, info = env.reset(seed=seed, **kwargs)
-        if predicate(info):
-            return seed, info
-    pytest.fail("no seed gave the scene this test needs")
-
-
-def _body(env, role_or_body: str) -> str:
-    roles = env.unwrapped.task.episode.roles
-    return roles[role_or_body].body_name if role_or_body in roles else role_or_body
-
-
-def _half_height(env, body: str) -> float:
-    return env.unwrapped.task.episode.objects[int(body.split("_")[1])].half_height
-
-
-def _place(env, role_or_body: str, xy, bottom: float = 0.0) -> None:
-    """Teleport a body (role or body name) upright-as-spawned to ``xy`` (m), its lowest point
-    ``bottom`` (m) above the table (plus :data:`PLACE_DROP`)."""
-    body = _body(env, role_or_body)
-    sim = env.unwrapped.sim
-    sim.set_base_position(body, [*xy, bottom + _half_height(env, body) + PLACE_DROP])
-    sim.client.changeDynamics(sim.bodies[body], -1, activationState=p.ACTIVATION_STATE_WAKE_UP)
+stack_env = task_env_fixture(ENV_ID)
 
 
 def _place_on(env, upper: str, lower: str, offset=(0.0, 0.0)) -> None:
     """Put body or role ``upper`` on top of ``lower``, centres ``offset`` (m, x/y) apart."""
-    sim, lower_body = env.unwrapped.sim, _body(env, lower)
+    sim, lower_body = env.unwrapped.sim, body_name(env, lower)
     top = float(sim.aabb(lower_body)[1][2])
-    _place(env, upper, sim.base_position(lower_body)[:2] + np.asarray(offset), bottom=top)
-
-
-def _settle(env, steps: int = SETTLE_STEPS) -> dict:
-    for _ in range(steps):
-        _, _, terminated, _, info = env.step(NEUTRAL)
-        if terminated:
-            break
-    return info
+    place(env, upper, sim.base_position(lower_body)[:2] + np.asarray(offset), bottom=top)
 
 
 def _free_xy(env) -> np.ndarray:
@@ -79,21 +49,21 @@ def _free_xy(env) -> np.ndarray:
 def test_target_resting_on_the_base_succeeds(stack_env, offset):
     stack_env.reset(seed=0)
     _place_on(stack_env, "target", "base", offset)
-    info = _settle(stack_env)
-    assert info["is_success"] is True and info["subgoals_done"] == info["num_subgoals"] == 2
+    info = settle(stack_env, SETTLE_STEPS)
+    assert info["is_success"] is True and info["subgoals_done"] == info["num_subgoals"] == 1
 
 
 def test_target_beside_the_base_is_not_success(stack_env):
     stack_env.reset(seed=0)
-    _place(stack_env, "base", _free_xy(stack_env))
+    place(stack_env, "base", _free_xy(stack_env))
     base_xy = stack_env.unwrapped.role_position("base")[:2]
-    _place(stack_env, "target", base_xy + np.array([2 * OBJECT_HALF_SIZE + 0.005, 0.0]))  # touching its side
-    info = _settle(stack_env)
+    place(stack_env, "target", base_xy + np.array([2 * OBJECT_HALF_SIZE + 0.005, 0.0]))  # touching its side
+    info = settle(stack_env, SETTLE_STEPS)
     assert info["is_success"] is False and info["subgoals_done"] == 0
 
 
 def test_wrong_object_and_swapped_stack_are_not_success(stack_env):
-    seed, info = _seed_with(
+    seed, info = seed_with(
         stack_env, lambda i: sum(o["shape"] in FLAT_SHAPES for o in i["objects"] if o not in i["roles"].values()) > 0
     )
     task = stack_env.unwrapped.task
@@ -104,16 +74,16 @@ def test_wrong_object_and_swapped_stack_are_not_success(stack_env):
         if o.shape in FLAT_SHAPES and i not in (roles["target"].index, roles["base"].index)
     )
     _place_on(stack_env, "target", other)  # stacked on the wrong object
-    info = _settle(stack_env)
+    info = settle(stack_env, SETTLE_STEPS)
     assert info["is_success"] is False
     assert task.bottom_height(roles["target"]) > REST_TOLERANCE  # it does rest on the other one
     stack_env.reset(seed=seed)
     _place_on(stack_env, "base", "target")  # the base on the target
-    assert _settle(stack_env)["is_success"] is False
+    assert settle(stack_env, SETTLE_STEPS)["is_success"] is False
 
 
 def test_base_lifted_off_the_table_is_not_success(stack_env):
-    seed, info = _seed_with(
+    seed, info = seed_with(
         stack_env, lambda i: sum(o["shape"] == "cube" for o in i["objects"] if o not in i["roles"].values()) > 0
     )
     task = stack_env.unwrapped.task
@@ -123,12 +93,12 @@ def test_base_lifted_off_the_table_is_not_success(stack_env):
         for i, o in enumerate(task.episode.objects)
         if o.shape == "cube" and i not in (roles["target"].index, roles["base"].index)
     )
-    _place(stack_env, plinth, _free_xy(stack_env))
-    _settle(stack_env, 2)
+    place(stack_env, plinth, _free_xy(stack_env))
+    settle(stack_env, 2)
     _place_on(stack_env, "base", plinth)
-    _settle(stack_env, 2)
+    settle(stack_env, 2)
     _place_on(stack_env, "target", "base")
-    info = _settle(stack_env)
+    info = settle(stack_env, SETTLE_STEPS)
     evaluation = task.evaluate()
     assert evaluation["on_top"] and not evaluation["base_on_table"]
     assert info["is_success"] is False
@@ -137,35 +107,26 @@ def test_base_lifted_off_the_table_is_not_success(stack_env):
 def test_a_moving_or_held_target_is_not_success(stack_env):
     stack_env.reset(seed=1)
     _place_on(stack_env, "target", "base")
-    _settle(stack_env, 2)
-    unwrapped = stack_env.unwrapped
-    target = unwrapped.task.episode.roles["target"].body_name
-    unwrapped.sim.client.resetBaseVelocity(unwrapped.sim.bodies[target], [0.2, 0.0, 0.0])
-    evaluation = unwrapped.task.evaluate()
+    settle(stack_env, 2)
+    set_velocity(stack_env, "target", [0.2, 0.0, 0.0])
+    evaluation = stack_env.unwrapped.task.evaluate()
     assert evaluation["on_top"] and not evaluation["success"]
     # Held on top of the base by the expert's grip, just before it lets go: not yet success.
     stack_env.reset(seed=1)
-    expert = ScriptedExpert(stack_env)
-    held_on_top = False
-    for _ in range(StackTask.max_episode_steps):
-        _, _, terminated, _, info = stack_env.step(expert.act())
-        evaluation = unwrapped.task.evaluate()
-        held_on_top |= evaluation["on_top"] and evaluation["touched"] and not info["is_success"]
-        if terminated:
-            break
+    held_on_top, info = expert_holds_it_there(stack_env, "on_top", StackTask.max_episode_steps)
     assert held_on_top and info["is_success"]
 
 
 # --- reset options and splits ---------------------------------------------------------------------
 def test_role_options_rebind_target_and_base(stack_env):
-    seed, info = _seed_with(stack_env, lambda i: sum(o["shape"] in FLAT_SHAPES for o in i["objects"]) >= 3)
+    seed, info = seed_with(stack_env, lambda i: sum(o["shape"] in FLAT_SHAPES for o in i["objects"]) >= 3)
     flat = [o for o in info["objects"] if o["shape"] in FLAT_SHAPES and o not in info["roles"].values()]
     swap = {"target": info["roles"]["base"]["colour"], "base": info["target"]["colour"]}
     _, swapped = stack_env.reset(seed=seed, options=swap)
     assert swapped["roles"]["base"] == info["target"] and swapped["target"] == info["roles"]["base"]
     _, info2 = stack_env.reset(seed=seed, options={"base": flat[0]["colour"]})
     assert info2["roles"]["base"] == flat[0] and info2["objects"] == info["objects"]
-    words = info2["instruction"].replace(",", "").rstrip("?").split()
+    words = instruction_words(info2["instruction"])
     assert flat[0]["colour"] in words and info["target"]["colour"] in words
 
 
@@ -177,7 +138,7 @@ def test_absent_colour_sphere_and_one_body_for_two_roles_are_refused(stack_env):
             stack_env.reset(seed=2, options={role: absent})
     with pytest.raises(ValueError, match="same body"):
         stack_env.reset(seed=2, options={"target": info["roles"]["base"]["colour"]})
-    seed, info = _seed_with(stack_env, lambda i: any(o["shape"] == "sphere" for o in i["objects"]))
+    seed, info = seed_with(stack_env, lambda i: any(o["shape"] == "sphere" for o in i["objects"]))
     sphere = next(o["colour"] for o in info["objects"] if o["shape"] == "sphere")
     for role in ("target", "base"):
         with pytest.raises(ValueError, match=f"{sphere}.*sphere"):
@@ -205,10 +166,10 @@ def test_sampled_scenes_follow_the_object_split():
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_instruction_names_target_then_base(make_env, split):
-    env = make_env(ENV_ID, image_size=32, instruction_split=split)
+    env = make_env(ENV_ID, image_size=TEST_IMAGE_SIZE, instruction_split=split)
     for seed in range(8):
         _, info = env.reset(seed=seed)
-        words = info["instruction"].rstrip("?").replace(",", "").split()
+        words = instruction_words(info["instruction"])
         target, base = info["target"]["colour"], info["roles"]["base"]["colour"]
         assert target in words and base in words and words.index(target) < words.index(base)
         assert set(words) - set(COLOURS) <= StackTask.words(split)
@@ -216,16 +177,11 @@ def test_instruction_names_target_then_base(make_env, split):
 
 # --- dense reward and the expert -----------------------------------------------------------------------
 def test_expert_stacks_and_dense_reward_grows(make_env):
-    env = make_env("VLAStackDense-v0", image_size=32)
+    env = make_env("VLAStackDense-v0", image_size=TEST_IMAGE_SIZE)
     for seed in range(5):
         env.reset(seed=seed)
-        expert = ScriptedExpert(env)
-        rewards = []
-        for _ in range(StackTask.max_episode_steps):
-            _, reward, terminated, truncated, info = env.step(expert.act())
-            rewards.append(reward)
-            if terminated or truncated:
-                break
+        rewards, infos = run_expert(env, ScriptedExpert(env), StackTask.max_episode_steps)
+        info = infos[-1]
         assert info["is_success"], f"seed {seed}: {info['instruction']}"
         assert rewards[-1] == 1.0 and all(0.0 <= r < 1.0 for r in rewards[:-1])
         assert rewards[-2] > 0.6 > rewards[0]
@@ -242,7 +198,7 @@ def test_expert_follows_a_nudged_base(stack_env):
             base_xy = unwrapped.role_position("base")[:2]
             target_xy = unwrapped.role_position("target")[:2]
             away = (base_xy - target_xy) / np.linalg.norm(base_xy - target_xy)
-            _place(stack_env, "base", base_xy + 0.04 * np.array([-away[1], away[0]]))  # 4 cm sideways
+            place(stack_env, "base", base_xy + 0.04 * np.array([-away[1], away[0]]))  # 4 cm sideways
             nudged = True
         if terminated or truncated:
             break

@@ -42,9 +42,9 @@ from vla_gym.agents.bounds import MAX_SEED, bounded_int, finite_float
 from vla_gym.agents.checkpoint import (
     CheckpointError,
     build_policy,
+    check_training_state,
     read_checkpoint,
     resolve_device,
-    resume_differences,
     save_checkpoint,
 )
 from vla_gym.agents.network import TARGET_OFFSET_SCALE, NetworkConfig, VLAActorCriticPolicy, info_nce
@@ -530,17 +530,11 @@ def _load_training_state(path: Path, config: BCConfig, device: torch.device, fin
     """``last.pt`` of a BC run made with ``config`` (up to :data:`RESUMABLE_CHANGES`) on
     the same demos (content ``fingerprint``); else :class:`CheckpointError`."""
     state = read_checkpoint(path, map_location=device)
-    meta = state["meta"]
-    missing = [k for k in TRAINING_META_KEYS if k not in meta] + [k for k in TRAINING_STATE_KEYS if k not in state]
-    if missing or not isinstance(meta["bc"], dict):
-        raise CheckpointError(
-            f"cannot resume {str(path)!r}: it is not a BC training checkpoint (it lacks {missing or ['bc']}); "
-            "resume a train-bc run directory, or train into a new out directory"
-        )
-    differ = resume_differences(meta["bc"], config.to_dict(), RESUMABLE_CHANGES)
-    if differ:
-        raise CheckpointError(f"cannot resume {str(path)!r} with another config: " + "; ".join(differ))
-    saved = meta.get("data_fingerprint")
+    check_training_state(
+        path, state, "bc", config.to_dict(), meta_keys=TRAINING_META_KEYS, state_keys=TRAINING_STATE_KEYS,
+        may_change=RESUMABLE_CHANGES, remedy="resume a train-bc run directory, or train into a new out directory",
+    )
+    saved = state["meta"].get("data_fingerprint")
     if saved is not None and saved != fingerprint:
         raise CheckpointError(
             f"cannot resume {str(path)!r}: the demo file {config.data!r} changed since that checkpoint was written "

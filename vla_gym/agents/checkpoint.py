@@ -210,6 +210,40 @@ def resume_differences(saved: dict[str, Any], wanted: dict[str, Any], may_change
     )
 
 
+def check_training_state(
+    path: str | os.PathLike,
+    state: dict[str, Any],
+    kind: str,
+    config: dict[str, Any],
+    *,
+    meta_keys: tuple[str, ...],
+    state_keys: tuple[str, ...],
+    may_change: frozenset[str],
+    remedy: str,
+    guess: str | None = None,
+) -> None:
+    """Check that ``state`` (a read ``last.pt``) is a ``kind`` ("bc", "ppo") training
+    checkpoint made with the run config ``config`` up to the fields in ``may_change``;
+    else :class:`CheckpointError`.
+
+    Args:
+        meta_keys, state_keys: what the meta and the payload of such a checkpoint hold; its
+            run config is ``meta[kind]``, a dict.
+        remedy: what to do instead, and ``guess``: what the file may be, for the message
+            when ``state`` is not such a checkpoint.
+    """
+    meta = state["meta"]
+    missing = [k for k in meta_keys if k not in meta] + [k for k in state_keys if k not in state]
+    if missing or not isinstance(meta[kind], dict):
+        lacks = f"it lacks {missing or [kind]}" + (f"; {guess}" if guess else "")
+        raise CheckpointError(
+            f"cannot resume {str(path)!r}: it is not a {kind.upper()} training checkpoint ({lacks}); {remedy}"
+        )
+    differ = resume_differences(meta[kind], config, may_change)
+    if differ:
+        raise CheckpointError(f"cannot resume {str(path)!r} with another config: " + "; ".join(differ))
+
+
 def load_policy(
     path: str | os.PathLike, device: str | torch.device = "auto", network: NetworkConfig | dict | None = None
 ) -> VLAActorCriticPolicy:

@@ -48,11 +48,11 @@ from vla_gym.agents.bounds import MAX_SEED, bounded_int, finite_float
 from vla_gym.agents.checkpoint import (
     CheckpointError,
     NonFiniteError,
+    check_training_state,
     non_finite_tensors,
     load_policy,
     read_checkpoint,
     resolve_device,
-    resume_differences,
     save_checkpoint,
 )
 from vla_gym.agents.network import NetworkConfig, VLAActorCriticPolicy
@@ -692,16 +692,11 @@ def _check_observations(path: str, policy: VLAActorCriticPolicy, env_args: dict[
 
 def _check_resumable(path: Path, state: dict[str, Any], config: PPOConfig) -> None:
     """``state`` must be a PPO ``last.pt`` made with ``config`` (up to :data:`RESUMABLE_CHANGES`)."""
-    meta = state["meta"]
-    missing = [k for k in TRAINING_META_KEYS if k not in meta] + [k for k in TRAINING_STATE_KEYS if k not in state]
-    if missing or not isinstance(meta["ppo"], dict):
-        raise CheckpointError(
-            f"cannot resume {str(path)!r}: it is not a PPO training checkpoint (it lacks {missing or ['ppo']}; a "
-            "train-bc run directory?); resume a train-ppo run directory, or start PPO into a new out directory"
-        )
-    differ = resume_differences(meta["ppo"], config.to_dict(), RESUMABLE_CHANGES)
-    if differ:
-        raise CheckpointError(f"cannot resume {str(path)!r} with another config: " + "; ".join(differ))
+    check_training_state(
+        path, state, "ppo", config.to_dict(), meta_keys=TRAINING_META_KEYS, state_keys=TRAINING_STATE_KEYS,
+        may_change=RESUMABLE_CHANGES, guess="a train-bc run directory?",
+        remedy="resume a train-ppo run directory, or start PPO into a new out directory",
+    )
 
 
 def _image_size(policy: VLAActorCriticPolicy) -> int:

@@ -21,6 +21,9 @@ VERBS: dict[str, tuple[str, ...]] = {
     "test": ("raise", "take", "elevate", "get"),
 }
 
+#: Share of pick instructions naming the object by a generic noun ("object", "item").
+GENERIC_NOUN_RATE = 0.25
+
 #: Nouns that name each shape; "object"-style nouns name any shape.
 NOUNS: dict[str, dict[str, tuple[str, ...]]] = {
     "train": {
@@ -35,6 +38,14 @@ NOUNS: dict[str, dict[str, tuple[str, ...]]] = {
         "sphere": ("orb",),
         "any": ("item", "one"),
     },
+}
+
+#: Nouns for the flat-topped shapes only (no sphere nouns), as the push and stack tasks
+#: name their objects: the train nouns of :data:`NOUNS`, but only "item" as the test
+#: split's generic noun.
+FLAT_SHAPE_NOUNS: dict[str, dict[str, tuple[str, ...]]] = {
+    "train": {"cube": ("cube", "block"), "cylinder": ("cylinder", "can"), "any": ("object", "thing")},
+    "test": {"cube": ("box",), "cylinder": ("tube",), "any": ("item",)},
 }
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -54,7 +65,9 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _check_split(split: str) -> None:
+def check_instruction_split(split: str) -> None:
+    """``ValueError`` unless ``split`` is one of :data:`INSTRUCTION_SPLITS` (every task's
+    templates and slots are keyed by them)."""
     if split not in INSTRUCTION_SPLITS:
         raise ValueError(f"instruction_split={split!r} is not available; choose one of {INSTRUCTION_SPLITS}")
 
@@ -64,13 +77,20 @@ def sample_instruction(rng: np.random.Generator, colour: str, shape: str, split:
 
     Always draws the same number of random numbers, whatever the arguments.
     """
-    _check_split(split)
+    check_instruction_split(split)
     template = TEMPLATES[split][rng.integers(len(TEMPLATES[split]))]
     verb = VERBS[split][rng.integers(len(VERBS[split]))]
-    use_generic_noun = rng.random() < 0.25
-    nouns = NOUNS[split]["any" if use_generic_noun else shape]
-    noun = nouns[rng.integers(len(nouns))]
+    noun = draw_noun(rng, NOUNS[split], shape, GENERIC_NOUN_RATE)
     return template.format(verb=verb, colour=colour, noun=noun)
+
+
+def draw_noun(rng: np.random.Generator, nouns: dict[str, tuple[str, ...]], shape: str, generic_rate: float) -> str:
+    """A noun for a ``shape`` object from ``nouns`` (one split's shape -> nouns, as
+    :data:`NOUNS` ``[split]``): a generic ("any") one with probability ``generic_rate``.
+    Draws two numbers."""
+    generic = rng.random() < generic_rate
+    choices = nouns["any" if generic else shape]
+    return choices[int(rng.integers(len(choices)))]
 
 
 def encode_instruction(text: str) -> np.ndarray:
@@ -103,7 +123,7 @@ def decode_instruction(encoded: np.ndarray) -> str | list[str]:
 
 def words_of_split(split: str) -> set[str]:
     """Every lower-case word the ``split``'s templates, verbs and nouns can produce (colours aside)."""
-    _check_split(split)
+    check_instruction_split(split)
     texts = [t.format(verb="", colour="", noun="") for t in TEMPLATES[split]]
     texts += list(VERBS[split]) + [noun for nouns in NOUNS[split].values() for noun in nouns]
     return {word for text in texts for word in re.findall(r"[a-z]+", text.lower())}

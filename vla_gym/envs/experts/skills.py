@@ -132,10 +132,10 @@ class Lift(Skill):
         return self.dropped(world)
 
 
-class CarryTo(Skill):
-    """Carry the held body, its lowest point at ``height`` (m), until it is above ``xy`` (m).
-    It steers the body's held centre (:func:`held_centre`): steering the body itself, which
-    slides to and fro between the fingers, can circle its goal for good."""
+class _SteersHeldCentre(Skill):
+    """A skill moving the held body to ``xy`` (m) and ``height`` (its lowest point, m) by its
+    held centre (:func:`held_centre`): steering the body itself, which slides to and fro
+    between the fingers, can circle its goal for good. Fails when the body is dropped."""
 
     def __init__(self, body: str, xy, height: float) -> None:
         super().__init__(body)
@@ -143,6 +143,14 @@ class CarryTo(Skill):
 
     def target(self, world: World) -> np.ndarray:
         return held_centre(world, self.body)
+
+    def failed(self, world: World) -> bool:
+        return self.dropped(world)
+
+
+class CarryTo(_SteersHeldCentre):
+    """Carry the held body, its lowest point at ``height`` (m), until it is above ``xy`` (m),
+    steering its held centre (:class:`_SteersHeldCentre`)."""
 
     def command(self, world: World) -> tuple[np.ndarray, float]:
         ee, target = world.robot.ee_position(), self.target(world)
@@ -154,20 +162,10 @@ class CarryTo(Skill):
     def done(self, world: World) -> bool:
         return _xy_error(self.target(world), self.xy) <= CARRY_XY_TOLERANCE
 
-    def failed(self, world: World) -> bool:
-        return self.dropped(world)
 
-
-class Lower(Skill):
+class Lower(_SteersHeldCentre):
     """Lower the held body, keeping its held centre (:func:`held_centre`) above ``xy``, until
     its lowest point is at ``height`` (m)."""
-
-    def __init__(self, body: str, xy, height: float) -> None:
-        super().__init__(body)
-        self.xy, self.height = np.asarray(xy, dtype=float), height
-
-    def target(self, world: World) -> np.ndarray:
-        return held_centre(world, self.body)
 
     def command(self, world: World) -> tuple[np.ndarray, float]:
         ee, target = world.robot.ee_position(), self.target(world)
@@ -177,26 +175,20 @@ class Lower(Skill):
     def done(self, world: World) -> bool:
         return self.bottom(world) <= self.height + LOWER_TOLERANCE
 
-    def failed(self, world: World) -> bool:
-        return self.dropped(world)
 
+class _FollowsBase(_SteersHeldCentre):
+    """Base of the skills that steer a held body relative to another body, ``base``, read
+    live before every command and check (the base may be nudged while the plan runs):
+    ``xy`` is the base's centre, ``height`` the base's top plus ``above_top`` (m). Listed
+    before :class:`CarryTo` or :class:`Lower`, whose command and check it then runs."""
 
-class CarryAbove(CarryTo):
-    """:class:`CarryTo` whose goal follows another body, ``base``, live: above its centre,
-    the carried body's lowest point ``clearance`` (m) above the base's top (which may be
-    nudged while the plan runs). It steers the body's held centre (:func:`held_centre`),
-    not the body, which slides to and fro between the fingers."""
-
-    def __init__(self, body: str, base: str, clearance: float) -> None:
-        super().__init__(body, (0.0, 0.0), clearance)
-        self.base, self.clearance = base, clearance
-
-    def target(self, world: World) -> np.ndarray:
-        return held_centre(world, self.body)
+    def __init__(self, body: str, base: str, above_top: float) -> None:
+        super().__init__(body, (0.0, 0.0), above_top)
+        self.base, self.above_top = base, above_top
 
     def _follow(self, world: World) -> None:
         self.xy = world.sim.base_position(self.base)[:2]
-        self.height = float(world.sim.aabb(self.base)[1][2]) + self.clearance
+        self.height = float(world.sim.aabb(self.base)[1][2]) + self.above_top
 
     def command(self, world: World) -> tuple[np.ndarray, float]:
         self._follow(world)
@@ -206,12 +198,20 @@ class CarryAbove(CarryTo):
         self._follow(world)
         return super().done(world)
 
+
+class CarryAbove(_FollowsBase, CarryTo):
+    """:class:`CarryTo` whose goal follows another body, ``base``, live (:class:`_FollowsBase`):
+    above its centre, the carried body's lowest point ``clearance`` (m) above the base's top."""
+
+    def __init__(self, body: str, base: str, clearance: float) -> None:
+        super().__init__(body, base, clearance)
+
     def failed(self, world: World) -> bool:
         """Dropped, or held askew (knocked over before the grasp): a new plan lets it fall flat first."""
         return super().failed(world) or tilt(world, self.body) > MAX_HELD_TILT
 
 
-class LowerOnto(Lower):
+class LowerOnto(_FollowsBase, Lower):
     """:class:`Lower` onto another body, ``base``, read live, steering the held centre
     (:func:`held_centre`) above the base's centre, until the held body's lowest point is
     ``drop`` (m) above the base's top. A small negative ``drop`` sets it down on the top,
@@ -219,29 +219,20 @@ class LowerOnto(Lower):
     covered at most :data:`SET_DOWN_STEP` a step, not to knock the base."""
 
     def __init__(self, body: str, base: str, drop: float) -> None:
-        super().__init__(body, (0.0, 0.0), drop)
-        self.base, self.drop = base, drop
-
-    def target(self, world: World) -> np.ndarray:
-        return held_centre(world, self.body)
-
-    def _follow(self, world: World) -> None:
-        self.xy = world.sim.base_position(self.base)[:2]
-        self.height = float(world.sim.aabb(self.base)[1][2]) + self.drop
+        super().__init__(body, base, drop)
 
     def command(self, world: World) -> tuple[np.ndarray, float]:
-        self._follow(world)
-        goal, grip = super().command(world)
+        goal, grip = super().command(world)  # follows the base first
         ee_z, gap = world.robot.ee_position()[2], self.bottom(world) - self.height
         goal[2] = ee_z - min(gap, max(gap - SET_DOWN_GAP, SET_DOWN_STEP))
         return goal, grip
 
     def done(self, world: World) -> bool:
         """Low enough, above the base's centre, and at rest (no longer sliding in the grip)."""
-        self._follow(world)
+        low = super().done(world)  # follows the base first
         centred = _xy_error(self.target(world), self.xy) <= CARRY_XY_TOLERANCE
         resting = float(np.linalg.norm(world.sim.base_velocity(self.body))) <= SETTLED_SPEED
-        return super().done(world) and centred and resting
+        return low and centred and resting
 
 
 def tilt(world: World, body: str) -> float:

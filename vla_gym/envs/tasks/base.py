@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from vla_gym.envs.language import INSTRUCTION_SPLITS
+from vla_gym.envs.language import check_instruction_split
 from vla_gym.envs.scene import FixtureSpec, ObjectSpec, Scene
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,6 +132,19 @@ class Task:
         if len(set(bodies)) != len(bodies):
             raise ValueError(f"reset options {options} give two roles of the {self.name} task the same body")
 
+    def check_role_shapes(
+        self, episode: TaskEpisode, role_names: tuple[str, ...], shapes: tuple[str, ...], verb: str
+    ) -> None:
+        """``ValueError`` unless the objects playing ``role_names`` are of ``shapes``, naming
+        the role, its colour and what the task does (``verb``, e.g. "pushes") to which shapes."""
+        for role_name in role_names:
+            spec = episode.spec_of(episode.roles[role_name])
+            if spec.shape not in shapes:
+                raise ValueError(
+                    f"reset option {role_name}={spec.colour!r}: the {spec.colour} object is a {spec.shape}; "
+                    f"the {self.name} task {verb} only {shapes}"
+                )
+
     # --- the live episode -----------------------------------------------------------------
     def begin(self, episode: TaskEpisode) -> None:
         """Called once the episode's bodies are spawned; resets per-episode trackers."""
@@ -177,8 +190,7 @@ class Task:
     @classmethod
     def words(cls, split: str) -> set[str]:
         """Every lower-case word the ``split``'s instructions can hold (colour words aside)."""
-        if split not in INSTRUCTION_SPLITS:
-            raise ValueError(f"instruction_split={split!r} is not available; choose one of {INSTRUCTION_SPLITS}")
+        check_instruction_split(split)
         texts = [re.sub(r"\{[a-z_0-9]+\}", " ", t) for t in cls.templates[split]]
         texts += [word for values in cls.slots[split].values() for word in values]
         return {word for text in texts for word in re.findall(r"[a-z]+", text.lower())}

@@ -200,18 +200,12 @@ def draw_place_words(rng: np.random.Generator, split: str, obj: ObjectSpec, fixt
     """Words naming ``obj`` going into ``fixture`` from the ``split`` vocabulary. Draws five numbers."""
     verbs = VERBS[split]
     verb = verbs[int(rng.integers(len(verbs)))]
-    nouns = NOUNS[split]["any" if rng.random() < GENERIC_NOUN_RATE else obj.shape]
-    noun = nouns[int(rng.integers(len(nouns)))]
+    noun = language.draw_noun(rng, NOUNS[split], obj.shape, GENERIC_NOUN_RATE)
     preps = PREPOSITIONS[split][fixture.kind]
     prep = preps[int(rng.integers(len(preps)))]
     receptacles = RECEPTACLE_NOUNS[split][fixture.kind]
     receptacle = receptacles[int(rng.integers(len(receptacles)))]
     return PlaceWords(verb, noun, prep, receptacle)
-
-
-def check_instruction_split(split: str, templates: dict[str, tuple[str, ...]]) -> None:
-    if split not in templates:
-        raise ValueError(f"instruction_split={split!r} is not available; choose one of {tuple(templates)}")
 
 
 def sample_receptacles(
@@ -294,7 +288,7 @@ class PlaceTask(Task):
         )
 
     def sample_instruction(self, rng: np.random.Generator, episode: TaskEpisode, split: str) -> str:
-        check_instruction_split(split, self.templates)
+        language.check_instruction_split(split)
         target = episode.spec_of(episode.roles["target"])
         receptacle = episode.spec_of(episode.roles["receptacle"])
         templates = self.templates[split]

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from vla_gym.envs.experts.skills import PUSH_APPROACH, PUSH_CONTACT, PUSH_HEIGHT, PushTo, Retreat, Skill
+from vla_gym.envs.language import FLAT_SHAPE_NOUNS, check_instruction_split, draw_noun
 from vla_gym.envs.scene import layout_scene, sample_fixture_kinds, sample_object_kinds
 from vla_gym.envs.tasks.base import REACH_SCALE, Role, Task, TaskEpisode, fill_template
 
@@ -41,11 +42,6 @@ PUSH_WEIGHT = 0.7
 PUSH_SCALE = 0.15
 #: Share of instructions naming the target by a generic noun ("object", "item").
 GENERIC_NOUN_RATE = 0.25
-
-NOUNS: dict[str, dict[str, tuple[str, ...]]] = {
-    "train": {"cube": ("cube", "block"), "cylinder": ("cylinder", "can"), "any": ("object", "thing")},
-    "test": {"cube": ("box",), "cylinder": ("tube",), "any": ("item",)},
-}
 
 
 class PushTask(Task):
@@ -102,12 +98,12 @@ class PushTask(Task):
     slots = {
         "train": {
             "verb": ("push", "slide"),
-            "noun": tuple(n for nouns in NOUNS["train"].values() for n in nouns),
+            "noun": tuple(n for nouns in FLAT_SHAPE_NOUNS["train"].values() for n in nouns),
             "zone": ("square", "zone", "area"),
         },
         "test": {
             "verb": ("shove", "nudge", "scoot"),
-            "noun": tuple(n for nouns in NOUNS["test"].values() for n in nouns),
+            "noun": tuple(n for nouns in FLAT_SHAPE_NOUNS["test"].values() for n in nouns),
             "zone": ("patch", "tile"),
         },
     }
@@ -135,23 +131,15 @@ class PushTask(Task):
     def apply_role_options(self, episode: TaskEpisode, options: dict[str, Any]) -> None:
         """As :meth:`Task.apply_role_options`; a sphere cannot be the target (it rolls)."""
         super().apply_role_options(episode, options)
-        target = episode.spec_of(episode.roles["target"])
-        if target.shape not in GOAL_SHAPES:
-            raise ValueError(
-                f"reset option target={target.colour!r}: the {target.colour} object is a {target.shape}; "
-                f"the push task pushes only {GOAL_SHAPES}"
-            )
+        self.check_role_shapes(episode, ("target",), GOAL_SHAPES, "pushes")
 
     def sample_instruction(self, rng: np.random.Generator, episode: TaskEpisode, split: str) -> str:
-        if split not in self.templates:
-            raise ValueError(f"instruction_split={split!r} is not available; choose one of {tuple(self.templates)}")
+        check_instruction_split(split)
         target = episode.spec_of(episode.roles["target"])
         zone = episode.spec_of(episode.roles["zone"])
         templates = self.templates[split]
         template = templates[int(rng.integers(len(templates)))]
-        generic = rng.random() < GENERIC_NOUN_RATE
-        nouns = NOUNS[split]["any" if generic else target.shape]
-        noun = nouns[int(rng.integers(len(nouns)))]
+        noun = draw_noun(rng, FLAT_SHAPE_NOUNS[split], target.shape, GENERIC_NOUN_RATE)
         choices = {slot: values for slot, values in self.slots[split].items() if slot != "noun"}
         return fill_template(rng, template, choices, colour=target.colour, noun=noun, zone_colour=zone.colour)
 

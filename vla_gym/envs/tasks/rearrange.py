@@ -9,13 +9,12 @@ from typing import Any
 import numpy as np
 
 from vla_gym.envs.experts.skills import Skill
-from vla_gym.envs.language import MAX_INSTRUCTION_BYTES
+from vla_gym.envs.language import MAX_INSTRUCTION_BYTES, check_instruction_split
 from vla_gym.envs.scene import layout_scene, sample_object_kinds
 from vla_gym.envs.tasks.base import Role, Task, TaskEpisode
 from vla_gym.envs.tasks.place import (
     PlaceTask,
     PlaceWords,
-    check_instruction_split,
     draw_place_words,
     object_in_receptacle,
     placement,
@@ -128,7 +127,7 @@ class RearrangeTask(Task):
         Draws the same numbers for every episode: a wrapper, the words of :data:`MAX_STEPS`
         clauses and ``MAX_STEPS - 1`` connectives, whether the episode uses them or not.
         """
-        check_instruction_split(split, self.templates)
+        check_instruction_split(split)
         wrappers = self.templates[split]
         wrapper = wrappers[int(rng.integers(len(wrappers)))]
         clauses: list[tuple[dict[str, str], PlaceWords]] = []

@@ -306,8 +306,7 @@ class SpatialPickTask(PickTask):
     def sample_instruction(self, rng: np.random.Generator, episode: TaskEpisode, split: str) -> str:
         """The episode's description in words from the ``split``'s templates and phrases;
         draws :data:`INSTRUCTION_DRAWS` uniform numbers whatever the description."""
-        if split not in INSTRUCTION_SPLITS:
-            raise ValueError(f"instruction_split={split!r} is not available; choose one of {INSTRUCTION_SPLITS}")
+        language.check_instruction_split(split)
         u = rng.random(INSTRUCTION_DRAWS)
         details = episode.details
         nouns = language.NOUNS[split]
@@ -324,8 +323,7 @@ class SpatialPickTask(PickTask):
     def words(cls, split: str) -> set[str]:
         """Every lower-case word of the ``split``'s templates, verbs, nouns and relation
         phrases (placeholders and colour words aside)."""
-        if split not in INSTRUCTION_SPLITS:
-            raise ValueError(f"instruction_split={split!r} is not available; choose one of {INSTRUCTION_SPLITS}")
+        language.check_instruction_split(split)
         texts = [*cls.templates[split], *(value for values in cls.slots[split].values() for value in values)]
         return {word for text in texts for word in re.findall(r"[a-z]+", _PLACEHOLDER.sub(" ", text.lower()))}
 

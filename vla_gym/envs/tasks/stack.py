@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from vla_gym.envs.experts.skills import Skill, stack_skills
+from vla_gym.envs.language import FLAT_SHAPE_NOUNS, check_instruction_split, draw_noun
 from vla_gym.envs.scene import OBJECT_HALF_SIZE, layout_scene, sample_object_kinds, train_shapes
 from vla_gym.envs.tasks.base import Role, Task, TaskEpisode, fill_template
 
@@ -37,11 +38,6 @@ ON_TOP_WEIGHT = 0.2
 PLACE_SCALE = 0.1
 #: Share of instructions naming an object by a generic noun ("object", "item"), drawn per object.
 GENERIC_NOUN_RATE = 0.25
-
-NOUNS: dict[str, dict[str, tuple[str, ...]]] = {
-    "train": {"cube": ("cube", "block"), "cylinder": ("cylinder", "can"), "any": ("object", "thing")},
-    "test": {"cube": ("box",), "cylinder": ("tube",), "any": ("item",)},
-}
 
 
 class StackTask(Task):
@@ -96,11 +92,11 @@ class StackTask(Task):
     slots = {
         "train": {
             "verb": ("stack", "put", "place", "set"),
-            "noun": tuple(n for nouns in NOUNS["train"].values() for n in nouns),
+            "noun": tuple(n for nouns in FLAT_SHAPE_NOUNS["train"].values() for n in nouns),
         },
         "test": {
             "verb": ("pile", "rest", "balance"),
-            "noun": tuple(n for nouns in NOUNS["test"].values() for n in nouns),
+            "noun": tuple(n for nouns in FLAT_SHAPE_NOUNS["test"].values() for n in nouns),
         },
     }
 
@@ -118,22 +114,15 @@ class StackTask(Task):
     def apply_role_options(self, episode: TaskEpisode, options: dict[str, Any]) -> None:
         """As :meth:`Task.apply_role_options`; a sphere can be neither target nor base."""
         super().apply_role_options(episode, options)
-        for role_name in self.role_options:
-            spec = episode.spec_of(episode.roles[role_name])
-            if spec.shape not in FLAT_SHAPES:
-                raise ValueError(
-                    f"reset option {role_name}={spec.colour!r}: the {spec.colour} object is a {spec.shape}; "
-                    f"the {self.name} task stacks only {FLAT_SHAPES}"
-                )
+        self.check_role_shapes(episode, self.role_options, FLAT_SHAPES, "stacks")
 
     def sample_instruction(self, rng: np.random.Generator, episode: TaskEpisode, split: str) -> str:
-        if split not in self.templates:
-            raise ValueError(f"instruction_split={split!r} is not available; choose one of {tuple(self.templates)}")
+        check_instruction_split(split)
         target = episode.spec_of(episode.roles["target"])
         base = episode.spec_of(episode.roles["base"])
         templates = self.templates[split]
         template = templates[int(rng.integers(len(templates)))]
-        nouns = [_noun(rng, NOUNS[split], spec.shape) for spec in (target, base)]
+        nouns = [draw_noun(rng, FLAT_SHAPE_NOUNS[split], spec.shape, GENERIC_NOUN_RATE) for spec in (target, base)]
         verbs = {"verb": self.slots[split]["verb"]}
         return fill_template(
             rng, template, verbs, colour=target.colour, noun=nouns[0], base_colour=base.colour, base_noun=nouns[1]
@@ -153,8 +142,8 @@ class StackTask(Task):
         success = placed and settled
         return {
             "success": success,
-            "subgoals_done": int(placed) + int(success),
-            "num_subgoals": 2,
+            "subgoals_done": int(success),
+            "num_subgoals": 1,
             "on_top": on_top,
             "base_on_table": base_on_table,
             "touched": touched,
@@ -195,10 +184,3 @@ def _choose_base(rng: np.random.Generator, kinds: list[tuple[str, str]], target:
     shapes = [s for s in train_shapes(colour) if s in FLAT_SHAPES]
     drawn = shapes[int(rng.integers(len(shapes)))]
     return base, (colour, shape if shape in FLAT_SHAPES else drawn)
-
-
-def _noun(rng: np.random.Generator, nouns: dict[str, tuple[str, ...]], shape: str) -> str:
-    """A noun for a ``shape`` object: a generic one at :data:`GENERIC_NOUN_RATE`. Draws two numbers."""
-    generic = rng.random() < GENERIC_NOUN_RATE
-    choices = nouns["any" if generic else shape]
-    return choices[int(rng.integers(len(choices)))]
