@@ -42,7 +42,7 @@ from vla_gym.cli_checks import (
 )
 from vla_gym.envs import DEFAULT_ENV_ID, ENV_IDS
 from vla_gym.envs.spaces import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
-from vla_gym.envs.registration import TASK_ENVS
+from vla_gym.envs.registration import TASK_ENV_IDS
 from vla_gym.visualize import observation_panel, put_text_band, save_png
 
 
@@ -101,7 +101,7 @@ ALL_TASKS = "tasks"
 def _env_list(text: str) -> list[str]:
     """argparse type: an env id, a comma-separated list of ids, or ``tasks`` (every task's id)."""
     if text == ALL_TASKS:
-        return [stem + "-v0" for stem, _ in TASK_ENVS]
+        return list(TASK_ENV_IDS.values())
     ids = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [i for i in ids if i not in ENV_IDS]
     if not ids or unknown:

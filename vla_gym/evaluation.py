@@ -23,6 +23,7 @@ import cv2
 import gymnasium as gym
 import numpy as np
 
+from vla_gym.data.format import LEGACY_TASK
 from vla_gym.envs.registration import DEFAULT_ENV_ID
 from vla_gym.envs.scene import COLOURS
 from vla_gym.fileio import FILE_MODE, atomic_write_text, make_temp_file, sweep_stale_temps
@@ -87,8 +88,8 @@ class EvalResult:
         """Per task (sorted): episodes, successes, success_rate, ci95 [lo, hi], and the mean
         number of subgoals done and of subgoals (CALVIN-style progress)."""
         stats: dict[str, dict[str, Any]] = {}
-        for task in sorted({record.get("task", "pick") for record in self.episodes_log}):
-            records = [r for r in self.episodes_log if r.get("task", "pick") == task]
+        for task in sorted({record.get("task", LEGACY_TASK) for record in self.episodes_log}):
+            records = [r for r in self.episodes_log if r.get("task", LEGACY_TASK) == task]
             n, k = len(records), sum(bool(r["success"]) for r in records)
             stats[task] = {
                 "episodes": n,

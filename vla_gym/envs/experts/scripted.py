@@ -145,8 +145,9 @@ class ScriptedExpert:
 
 
 def _role_of_colour(episode, role: Role, colour: str, name: str) -> Role:
-    specs = episode.objects if role.kind == "object" else episode.fixtures
-    for i, spec in enumerate(specs):
-        if spec.colour == colour:
-            return Role(role.kind, i)
-    raise ValueError(f"roles={{{name!r}: {colour!r}}}: no {colour} {role.kind}; present: {[s.colour for s in specs]}")
+    found = episode.role_of_colour(role.kind, colour)
+    if found is None:
+        raise ValueError(
+            f"roles={{{name!r}: {colour!r}}}: no {colour} {role.kind}; present: {episode.colours(role.kind)}"
+        )
+    return found

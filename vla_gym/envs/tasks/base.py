@@ -66,6 +66,15 @@ class TaskEpisode:
     def spec_of(self, role: Role) -> ObjectSpec | FixtureSpec:
         return self.objects[role.index] if role.kind == "object" else self.fixtures[role.index]
 
+    def colours(self, kind: str) -> list[str]:
+        """Colours of the objects (``kind="object"``) or the fixtures, in spawn order."""
+        return [spec.colour for spec in (self.objects if kind == "object" else self.fixtures)]
+
+    def role_of_colour(self, kind: str, colour: str) -> Role | None:
+        """The first body of ``kind`` with ``colour`` (None if there is none)."""
+        colours = self.colours(kind)
+        return Role(kind, colours.index(colour)) if colour in colours else None
+
 
 @dataclass(frozen=True)
 class World:
@@ -119,15 +128,14 @@ class Task:
             colour = options.get(role_name)
             if colour is None:
                 continue
-            role = episode.roles[role_name]
-            specs = episode.objects if role.kind == "object" else episode.fixtures
-            matches = [i for i, spec in enumerate(specs) if spec.colour == colour]
-            if not matches:
+            kind = episode.roles[role_name].kind
+            role = episode.role_of_colour(kind, colour)
+            if role is None:
                 raise ValueError(
-                    f"reset option {role_name}={colour!r}: no {colour} {role.kind} in this {self.name} scene; "
-                    f"colours present: {[spec.colour for spec in specs]}"
+                    f"reset option {role_name}={colour!r}: no {colour} {kind} in this {self.name} scene; "
+                    f"colours present: {episode.colours(kind)}"
                 )
-            episode.roles[role_name] = Role(role.kind, matches[0])
+            episode.roles[role_name] = role
         bodies = list(episode.roles.values())
         if len(set(bodies)) != len(bodies):
             raise ValueError(f"reset options {options} give two roles of the {self.name} task the same body")
