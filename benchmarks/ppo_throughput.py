@@ -1,14 +1,20 @@
-"""PPO fine-tuning throughput: env steps per second, PPO updates included.
+"""PPO fine-tuning throughput against the VecEnv's own stepping rate, side by side.
 
-Usage: python benchmarks/ppo_throughput.py --n-envs 8 --timesteps 16384 --device auto \\
+Usage: python benchmarks/ppo_throughput.py --n-envs 4 --timesteps 8192 --rounds 3 \\
            --out benchmarks/RESULTS.md
 
-Runs ``train_ppo`` for ``--timesteps`` env steps per setting (``SubprocVecEnv`` workers
-stepping the env on CPU; the network on ``--device``) and reports env steps per second of
-the training loop: rollouts (env steps and policy forward passes) plus the PPO updates
-(``n_epochs`` passes of forward and backward over each rollout). Evaluations are excluded
-(they are timed apart by ``train_ppo``), and so is the workers' start-up. Every rollout is
-a full PPO update (no critic warm-up rollouts, whose update is cheaper). The network is the
+For each env count, in every round (interleaved, medians over rounds):
+
+* ``random``: the same VecEnv that PPO builds (``SubprocVecEnv`` workers, same env, same
+  settings) stepped with random actions for ``--timesteps`` steps: the ceiling of any
+  training loop on this machine;
+* ``ppo``: ``train_ppo`` for ``--timesteps`` env steps with the given PPO settings
+  (default: the quick preset's), env steps per second of the training loop, i.e.
+  rollouts (env steps and policy forward passes) plus the PPO updates. Evaluations and
+  worker start-up are excluded (``train_ppo`` times them apart), and every rollout is a
+  full PPO update (no critic warm-up rollouts, whose update is cheaper).
+
+The goal (issue 12): PPO at least 50 % of the random-action rate. The network is the
 default VLA actor-critic; its compute does not depend on whether its weights came from BC.
 """
 
@@ -16,70 +22,102 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import shlex
-import sys
+import json
+import statistics
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-from report import machine_description, markers, write_section
+import numpy as np
+from report import command_line, machine_description, markers, write_section
 
 from vla_gym.agents.checkpoint import resolve_device
-from vla_gym.agents.ppo import PPOConfig, train_ppo
+from vla_gym.agents.ppo import PPOConfig, _make_vec_env, train_ppo
 from vla_gym.hardware import gpu_description
+from vla_gym.pipeline import PRESETS
 
 SECTION = "ppo_throughput"
+#: PPO settings that are not about speed, kept out of the measurement.
+NOT_TIMED = ("timesteps", "eval_every", "eval_episodes", "critic_warmup_rollouts", "bc_coef", "n_envs")
 
 
-def measure(n_envs: int, timesteps: int, device: str, init: str | None, n_steps: int) -> float:
+def ppo_settings(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    settings = {k: v for k, v in PRESETS[preset]["ppo"].items() if k not in NOT_TIMED}
+    settings.update(overrides)
+    return settings
+
+
+def random_rate(n_envs: int, timesteps: int, settings: dict[str, Any]) -> float:
+    """Env steps/s of PPO's VecEnv under random actions (worker start-up excluded)."""
+    config = PPOConfig(out=tempfile.gettempdir(), n_envs=n_envs, **{**settings, "batch_size": 1})
+    env = _make_vec_env(config, seed=0)
+    try:
+        env.reset()
+        rng = np.random.default_rng(0)
+        steps, start = 0, time.perf_counter()
+        while steps < timesteps:
+            env.step(rng.uniform(-1, 1, (n_envs, 4)).astype(np.float32))
+            steps += n_envs
+        return steps / (time.perf_counter() - start)
+    finally:
+        env.close()
+
+
+def ppo_rate(n_envs: int, timesteps: int, settings: dict[str, Any], device: str, init: str | None) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         config = PPOConfig(
-            init=init, out=tmp, timesteps=timesteps, n_envs=n_envs, n_steps=n_steps, batch_size=256,
-            critic_warmup_rollouts=0, eval_every=0, eval_episodes=1, device=device, progress=False,
+            init=init, out=tmp, timesteps=timesteps, n_envs=n_envs, critic_warmup_rollouts=0, eval_every=0,
+            eval_episodes=1, device=device, progress=False, **settings,
         )
-        result = train_ppo(config)
-    print(f"  n_envs {n_envs}: {result.timesteps} steps in {result.train_seconds:.1f} s of training: "
-          f"{result.steps_per_second:.1f} env steps/s", flush=True)
-    return result.steps_per_second
+        return train_ppo(config).steps_per_second
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n-envs", default="8", help="comma-separated env counts, e.g. 2,8 or 16")
-    parser.add_argument("--timesteps", type=int, default=16384, help="env steps per measurement")
-    parser.add_argument("--n-steps", type=int, default=256, help="steps per env per rollout")
+    parser.add_argument("--n-envs", default="4", help="comma-separated env counts, e.g. 2,4,8")
+    parser.add_argument("--timesteps", type=int, default=8192, help="env steps per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
+    parser.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="PPO settings of this preset")
+    parser.add_argument("--ppo", type=json.loads, default={}, help="PPOConfig overrides as JSON")
     parser.add_argument("--init", default=None, help="optional BC checkpoint to start from")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--section", default=SECTION, help="name of the RESULTS.md section to write")
     parser.add_argument("--out", type=Path, default=None, help="write/update this Markdown file")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
+    settings = ppo_settings(args.preset, args.ppo)
     counts = [int(n) for n in args.n_envs.split(",")]
-    rates = {n: measure(n, args.timesteps, str(device), args.init, args.n_steps) for n in counts}
+    rates: dict[int, dict[str, list[float]]] = {n: {"random": [], "ppo": []} for n in counts}
+    for r in range(args.rounds):
+        for n in counts:
+            order = ("random", "ppo") if r % 2 == 0 else ("ppo", "random")
+            for kind in order:
+                rate = (random_rate(n, args.timesteps, settings) if kind == "random"
+                        else ppo_rate(n, args.timesteps, settings, str(device), args.init))
+                rates[n][kind].append(rate)
+                print(f"round {r + 1}, {n} envs, {kind}: {rate:.1f} env steps/s", flush=True)
+    rows = []
+    for n in counts:
+        rnd, ppo = statistics.median(rates[n]["random"]), statistics.median(rates[n]["ppo"])
+        ratios = [p / q for p, q in zip(rates[n]["ppo"], rates[n]["random"])]
+        rows.append(f"| {n} | {rnd:.1f} | {ppo:.1f} | {ppo / rnd:.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |")
+    table = ["| envs | random actions (steps/s) | PPO incl. updates (steps/s) | PPO / random (per-round range) |",
+             "|---:|---:|---:|---:|", *rows]
+    print("\n".join(table))
     if args.out:
-        start_marker, end_marker = markers(args.section)
-        command = "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])])
-        now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        start_marker, end_marker = markers(SECTION)
+        command = command_line(argv)
         gpu = gpu_description() if device.type == "cuda" else None
-        rows = [
-            f"| {n} | {n * args.n_steps} | {rates[n]:.1f} |" for n in counts
-        ]
         text = "\n".join([
             start_marker,
-            f"## PPO throughput ({device.type.upper()}{': ' + gpu if gpu else ''})",
+            f"## PPO throughput against the VecEnv's random-action rate ({device.type.upper()}{': ' + gpu if gpu else ''})",
             "",
-            f"- Date: {now}",
-            f"- Machine: {machine_description()}",
-            f"- Network device: {device}{' (' + gpu + ')' if gpu else ''}; envs step in CPU worker processes",
-            f"- Command: `{command}`",
-            f"- {args.timesteps} env steps per row; env steps per second of the training loop (rollouts plus PPO "
-            "updates of 3 epochs at batch 256), evaluations and worker start-up excluded.",
-            "",
-            "| envs | rollout (steps) | env steps/s incl. updates |",
-            "|---:|---:|---:|",
-            *rows,
-            end_marker,
+            f"`{command}` ({dt.date.today()}, {machine_description()}; network on {device}, envs in CPU worker "
+            f"processes). {args.timesteps} env steps per measurement, {args.rounds} interleaved rounds, medians. "
+            f"PPO settings: {json.dumps(settings)}. Goal: PPO / random >= 0.5.",
+            "", *table, end_marker,
         ])
-        write_section(args.out, text, args.section)
+        write_section(args.out, text, SECTION)
 
 
 if __name__ == "__main__":

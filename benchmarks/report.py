@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 from vla_gym.fileio import atomic_write_text
@@ -14,6 +16,7 @@ NEW_FILE_TITLE = "# Benchmark results"
 __all__ = [
     "NEW_FILE_TITLE",
     "NOT_INSTALLED",
+    "command_line",
     "cpu_model",
     "machine_description",
     "markers",
@@ -43,3 +46,9 @@ def write_section(path: Path, section: str, name: str) -> None:
     else:
         text = f"{NEW_FILE_TITLE}\n\n{section}\n"
     atomic_write_text(path, text)
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that ran this script: ``python <script> <args>``, shell-quoted."""
+    args = argv if argv is not None else sys.argv[1:]
+    return "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *args])

@@ -70,7 +70,7 @@ def bc_checkpoint(demo_file, tmp_path_factory) -> str:
 
     out = tmp_path_factory.mktemp("bc")
     config = BCConfig(
-        data=demo_file, out=str(out), epochs=2, batch_size=32, lr=3e-3, warmup_steps=2, network={"channels": [8, 8, 16, 16], "features_dim": 64, "net_arch": {"pi": [64], "vf": [64]}},
+        data=demo_file, out=str(out), epochs=2, batch_size=32, lr=3e-3, warmup_steps=2, network={"channels": [8, 16, 16], "features_dim": 64, "net_arch": {"pi": [64], "vf": [64]}},
         rollout_every=0, checkpoint_every=0, device="cpu", progress=False, seed=0,
     )
     return train_bc(config).policy_path

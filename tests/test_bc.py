@@ -15,7 +15,7 @@ from vla_gym.agents.checkpoint import CheckpointError, load_policy, read_checkpo
 from vla_gym.data import DemoDataset
 from vla_gym.data.dataset import collate_batch
 
-SMALL = {"channels": [8, 8, 16, 16], "features_dim": 64, "net_arch": {"pi": [64], "vf": [64]}}
+SMALL = {"channels": [8, 16, 16], "features_dim": 64, "net_arch": {"pi": [64], "vf": [64]}}
 NO_AUGMENT = {"shift_pixels": 0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "depth_noise_std": 0.0}
 
 

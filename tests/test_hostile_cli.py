@@ -41,7 +41,7 @@ PYBULLET_BANNER = "pybullet build time"
 DEAD_PID = 99_999_999
 SUBPROCESS_TIMEOUT = 120
 PER_COMMAND_TIMEOUT = 30
-TINY_NETWORK = {"channels": [8, 8, 16, 16], "features_dim": 64, "net_arch": {"pi": [64], "vf": [64]}}
+TINY_NETWORK = {"channels": [8, 16, 16], "features_dim": 64, "net_arch": {"pi": [64], "vf": [64]}}
 
 
 def refused(argv: list[str], capsys, entry=main) -> str:

@@ -38,7 +38,7 @@ from vla_gym.data.dataset import demo_file_summary
 from vla_gym.data.format import DatasetError, env_args
 
 TINY = {
-    "channels": [4, 4, 8, 8], "features_dim": 16, "net_arch": {"pi": [16], "vf": [16]}, "word_dim": 8,
+    "channels": [4, 8, 8], "features_dim": 16, "net_arch": {"pi": [16], "vf": [16]}, "word_dim": 8,
     "language_dim": 8, "proprio_dim": 8, "contrastive_dim": 8,
 }
 NO_AUGMENT = {"shift_pixels": 0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "depth_noise_std": 0.0}
@@ -294,7 +294,7 @@ def _network(**fields) -> Callable[[dict], None]:
 
 def _huge_images(meta: dict) -> None:
     meta["env"] = env_args("VLAPick-v0", {"image_size": 512})
-    meta["network"].update(channels=[512] * 4)
+    meta["network"].update(channels=[512] * 3)
 
 
 BAD_CHECKPOINTS = {
@@ -308,7 +308,7 @@ BAD_CHECKPOINTS = {
         _meta_edit(lambda m: m["env"]["env_config"].update(image_size=100000)), CheckpointError,
         r"meta\['env'\] env_config image_size 100000 must be an int from 16 to 512"),
     "huge channels": (
-        _network(channels=[100000] * 4), CheckpointError, r"meta\['network'\] .*channels must be an int in \[1, 512\]"),
+        _network(channels=[100000] * 3), CheckpointError, r"meta\['network'\] .*channels must be an int in \[1, 512\]"),
     "huge MLP": (
         _network(net_arch={"pi": [10**9], "vf": [64]}), CheckpointError,
         r"net_arch\['pi'\] must be an int in \[1, 4096\], got 1000000000"),

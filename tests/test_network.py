@@ -19,7 +19,7 @@ from vla_gym.agents.network import (
 from vla_gym.envs.language import encode_instruction
 from vla_gym.envs.spaces import make_action_space, make_observation_space
 
-SMALL = {"channels": [8, 8, 16, 16], "features_dim": 32, "net_arch": {"pi": [32], "vf": [32]}}
+SMALL = {"channels": [8, 16, 16], "features_dim": 32, "net_arch": {"pi": [32], "vf": [32]}}
 
 
 def make_policy(image_size: int = 84, network: dict | None = None) -> VLAActorCriticPolicy:
@@ -175,3 +175,58 @@ def test_info_nce_hand_checked():
 def test_bad_network_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
         NetworkConfig(**kwargs)
+
+
+def test_cached_conditioning_matches_the_gradient_path_and_follows_weight_updates():
+    """Without gradients the instruction's conditioning comes from a per-instruction cache;
+    it must equal the uncached path, and an optimiser step must invalidate it."""
+    policy = make_policy()
+    extractor = policy.features_extractor
+    obs = random_obs(3, ["pick up the red cube", "grab the blue sphere", "pick up the red cube"])
+    fresh = extractor(obs).detach()
+    with torch.no_grad():
+        cached = extractor(obs)
+        again = extractor(obs)  # served from the cache
+    torch.testing.assert_close(cached, fresh)
+    torch.testing.assert_close(again, fresh)
+    assert len(extractor._cache) == 2  # one entry per distinct instruction
+    optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
+    extractor(obs).square().sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = extractor(obs)
+    torch.testing.assert_close(after, extractor(obs).detach())
+    assert not torch.allclose(after, fresh)
+
+
+def test_first_conv_folds_the_input_scaling():
+    """rgb / 255 and the depth range mapping live in the first conv's weights: the same as
+    scaling the input explicitly."""
+    from vla_gym.agents.network import DEPTH_FAR, DEPTH_NEAR
+
+    extractor = make_policy().features_extractor
+    obs = random_obs(2)
+    rgb, depth = extractor._images({k: v.float() for k, v in obs.items()})
+    scaled = torch.cat([rgb / 255.0, (depth - DEPTH_NEAR) / (DEPTH_FAR - DEPTH_NEAR)], dim=1)
+    conv = extractor.convs[0]
+    torch.testing.assert_close(extractor._first_conv(rgb, depth), conv(scaled), rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # the cached folded weights give the same
+        torch.testing.assert_close(extractor._first_conv(rgb, depth), conv(scaled), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="normalize_images"):
+        VLAActorCriticPolicy(
+            make_observation_space(84), make_action_space(), lambda _: 1e-3, network=SMALL, normalize_images=True
+        )
+
+
+def test_checkpoint_of_the_first_network_is_refused_with_what_to_do(tmp_path):
+    from vla_gym.agents.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_policy
+    from vla_gym.data.format import env_args
+
+    old_network = {"channels": [16, 32, 64, 64], "film_layers": 3, "attention_key_dim": 8}
+    path = tmp_path / "old_policy.pt"
+    meta = {"env": env_args("VLAPick-v0"), "network": old_network}
+    import json
+
+    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "meta": json.dumps(meta), "policy": {}}, path)
+    with pytest.raises(CheckpointError, match=r"version 1 .*first VLA network.*retrain it with `vla-gym train-bc`"):
+        load_policy(path, device="cpu")

@@ -11,7 +11,7 @@ from vla_gym.cli import train_agent_main
 from vla_gym.evaluation import wilson_interval
 from vla_gym.pipeline import POLICIES, SPLITS, AgentConfig, train_agent
 
-SMALL_NETWORK = {"channels": [8, 8, 16, 16], "features_dim": 64, "net_arch": {"pi": [64], "vf": [64]}}
+SMALL_NETWORK = {"channels": [8, 16, 16], "features_dim": 64, "net_arch": {"pi": [64], "vf": [64]}}
 TINY = dict(
     preset="tiny", demo_episodes=4, demo_workers=0,
     bc={"epochs": 1, "batch_size": 32, "network": SMALL_NETWORK, "rollout_every": 0, "paraphrase_prob": 0.0},
@@ -83,3 +83,14 @@ def test_train_agent_cli_reports_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         train_agent_main(["--out", str(tmp_path), "--eval-episodes", "0", "--no-progress"])
     assert exc.value.code == 2 and "argument --eval-episodes: 0 is not allowed" in capsys.readouterr().err
+
+
+def test_report_splits_are_checked_and_the_full_preset_randomises_the_camera(tmp_path):
+    full = AgentConfig.from_preset("full", out=str(tmp_path / "full"), device="cpu")
+    assert "camera_jitter" in full.splits
+    jitter = pipeline.REPORT_SPLITS["camera_jitter"]["camera_jitter"]
+    assert full.ppo_config(tmp_path).env_kwargs == {"camera_jitter": jitter}  # PPO trains on the shifted cameras
+    commands = "\n".join(pipeline._commands(full, tmp_path))
+    assert '"camera_jitter": [0.03, 3.0]' in commands and "--sil-coef" in commands
+    with pytest.raises(ValueError, match=r"splits must be a non-empty list of \['camera_jitter', 'test', 'train'\]"):
+        AgentConfig(out=str(tmp_path / "x"), splits=["object_test"])

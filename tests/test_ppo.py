@@ -183,3 +183,87 @@ def test_detach_critic_keeps_the_value_gradient_out_of_the_trunk(bc_checkpoint, 
         assert all(p.grad is not None for p in model.policy.features_extractor.fuse.parameters())
     finally:
         trainer.close()
+
+
+#: What every PPO run must log to TensorBoard (issue: success, length, value loss, explained
+#: variance, approx KL, clip fraction, entropy/std, env steps/s).
+TENSORBOARD_SCALARS = (
+    "rollout/success_rate", "rollout/ep_len_mean", "eval/success_rate", "eval/mean_length", "train/value_loss",
+    "train/explained_variance", "train/approx_kl", "train/clip_fraction", "train/entropy_loss", "train/std",
+    "time/env_steps_per_second",
+)
+
+
+def test_tiny_ppo_run_moves_the_weights_and_logs_every_scalar(bc_checkpoint, tmp_path):
+    out = tmp_path / "ppo"
+    bc = load_policy(bc_checkpoint, device="cpu").state_dict()
+    train_ppo(tiny_ppo(bc_checkpoint, out, timesteps=2 * ROLLOUT))  # a critic warm-up, then one PPO update
+    final = read_checkpoint(out / "last.pt")["policy"]
+    moved = [n for n in bc if n.startswith(("features_extractor.", "mlp_extractor.policy_net", "action_net"))
+             and not torch.equal(final[n], bc[n])]
+    assert any(n.startswith("features_extractor.convs.") for n in moved), "PPO did not move the trunk"
+    assert any(n.startswith("action_net") for n in moved), "PPO did not move the action head"
+    events = EventAccumulator(str(next((out / "tb").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    missing = [tag for tag in TENSORBOARD_SCALARS if tag not in events.Tags()["scalars"]]
+    assert not missing, f"not logged to TensorBoard: {missing}"
+    for tag in TENSORBOARD_SCALARS:
+        assert all(np.isfinite(e.value) for e in events.Scalars(tag)), tag
+    assert events.Scalars("time/env_steps_per_second")[-1].value > 0
+
+
+def test_potential_shaping_telescopes_and_keeps_the_env_reward(make_env):
+    """The added terms sum to gamma^T phi(s_T) - phi(s_0) (phi = 0 after a terminal step): the
+    return differs from the sparse one by a constant of the start state, whatever the policy."""
+    from vla_gym.agents.shaping import PotentialShaping
+    from vla_gym.envs.experts.scripted import ScriptedExpert
+
+    env = PotentialShaping(make_env("VLAPick-v0"), coef=1.0, gamma=1.0)
+    obs, _ = env.reset(seed=0)
+    phi_start = env.unwrapped.progress()
+    assert 0.0 <= phi_start < 1.0
+    expert = ScriptedExpert(env.unwrapped, seed=0)
+    shaping, env_return, terminated, truncated = [], 0.0, False, False
+    while not (terminated or truncated):
+        obs, reward, terminated, truncated, info = env.step(expert.act())
+        shaping.append(info["shaping"])
+        env_return += info["env_reward"]
+        assert reward == pytest.approx(info["env_reward"] + info["shaping"])
+    assert terminated and env_return == 1.0  # the expert succeeds; the sparse reward is untouched
+    assert sum(shaping) == pytest.approx(-phi_start)  # telescoped, phi(terminal) = 0
+    assert max(shaping) > 0  # progress is paid for on the way
+    with pytest.raises(ValueError, match="coef > 0"):
+        PotentialShaping(make_env("VLAPick-v0"), coef=0.0, gamma=0.99)
+
+
+def test_success_memory_keeps_whole_successful_episodes_newest_first():
+    from vla_gym.agents.ppo import SuccessMemory
+
+    memory = SuccessMemory(n_envs=2, capacity=5, seed=0, device=torch.device("cpu"))
+    obs = lambda t: {"proprio": np.full((2, 8), t, dtype=np.float32)}  # noqa: E731
+    no, done = np.array([False, False]), np.array([True, True])
+    for t in range(3):
+        memory.record(obs(t), np.full((2, 4), t, dtype=np.float32), no, [{}, {}])
+    memory.record(obs(3), np.full((2, 4), 3, dtype=np.float32), done, [{"is_success": True}, {"is_success": False}])
+    assert len(memory) == 4  # env 0's four frames; env 1 failed and is dropped
+    for t in range(2):
+        memory.record(obs(10 + t), np.full((2, 4), 10 + t, dtype=np.float32), done if t else no,
+                      [{"is_success": True}, {"is_success": True}])
+    assert len(memory) == 4 and len(memory.episodes) == 2  # the oldest episode went past capacity 5
+    batch, actions = memory.sample(16)
+    assert batch["proprio"].shape == (16, 8) and actions.shape == (16, 4)
+    assert set(actions[:, 0].tolist()) <= {10.0, 11.0}
+    torch.testing.assert_close(batch["proprio"][:, 0], actions[:, 0])  # each frame keeps its own action
+
+
+def test_self_imitation_term_trains_on_own_successes(bc_checkpoint, tmp_path):
+    out = tmp_path / "ppo"
+    result = train_ppo(tiny_ppo(bc_checkpoint, out, timesteps=2 * ROLLOUT, critic_warmup_rollouts=0, sil_coef=1.0,
+                                batch_size=8, shaping=1.0, trunk_lr_scale=0.0, start_log_std=-2.0))
+    assert result.timesteps == 2 * ROLLOUT
+    final = read_checkpoint(out / "last.pt")["policy"]
+    bc = load_policy(bc_checkpoint, device="cpu").state_dict()
+    for name in bc:  # the frozen trunk stays BC's
+        if name.startswith("features_extractor.") and bc[name].is_floating_point():
+            torch.testing.assert_close(final[name], bc[name], rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(final["log_std"], torch.full((4,), -2.0), rtol=0, atol=0.5)

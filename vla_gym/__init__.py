@@ -5,7 +5,7 @@ Importing the package registers the env ids (``VLAPick-v0`` ... ``VLAMultiTask-v
 
 from vla_gym.envs.registration import ENV_IDS, register_envs
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 register_envs()
 

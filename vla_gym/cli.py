@@ -245,6 +245,14 @@ def _train_ppo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detach-critic", action="store_true",
                    help="the value loss trains only the critic head, not the shared trunk")
     p.add_argument("--bc-data", default=None, help="demo file of the BC term (default: the init checkpoint's)")
+    p.add_argument("--sil-coef", type=COEFFICIENT, default=d.sil_coef,
+                   help="weight of the self-imitation term on the agent's own successful episodes (0: off)")
+    p.add_argument("--shaping", type=COEFFICIENT, default=d.shaping,
+                   help="weight of potential-based shaping by the task's dense progress (0: the env's reward alone)")
+    p.add_argument("--start-log-std", type=float_option(-20.0, 2.0), default=None,
+                   help="explore from this log-std instead of the one BC fitted")
+    p.add_argument("--trunk-lr-scale", type=float_option(0.0, 10.0), default=d.trunk_lr_scale,
+                   help="trunk (vision, language, fusion) learning rate / --lr; 0 freezes it")
     p.add_argument("--eval-every", type=int_option(0, MAX_TIMESTEPS), default=d.eval_every,
                    help="env steps between evaluations")
     p.add_argument("--eval-episodes", type=int_option(1, 10_000), default=d.eval_episodes)
@@ -372,7 +380,8 @@ def _run_train_ppo(args: argparse.Namespace) -> None:
         n_epochs=args.n_epochs, lr=args.lr, critic_lr=args.critic_lr,
         target_kl=args.target_kl if args.target_kl > 0 else None, ent_coef=args.ent_coef,
         critic_warmup_rollouts=args.critic_warmup_rollouts, bc_coef=args.bc_coef, bc_decay=args.bc_decay,
-        bc_data=args.bc_data, detach_critic=args.detach_critic, eval_every=args.eval_every,
+        bc_data=args.bc_data, detach_critic=args.detach_critic, shaping=args.shaping, sil_coef=args.sil_coef,
+        start_log_std=args.start_log_std, trunk_lr_scale=args.trunk_lr_scale, eval_every=args.eval_every,
         eval_episodes=args.eval_episodes, device=args.device, seed=args.seed, resume=args.resume,
         progress=not args.no_progress,
     )

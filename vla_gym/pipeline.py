@@ -33,7 +33,14 @@ from vla_gym.fileio import atomic_write_text
 #: stage (demos use 0+, BC rollout checks 10000000+, PPO's checkpoint choice 300000+).
 REPORT_SEED = 100_000
 POLICIES = ("scripted", "random", "bc", "bc+ppo")
-SPLITS = ("train", "test")
+#: The report's evaluation splits (env kwargs of each): the instruction splits, and the
+#: benchmark's camera shift (``vla_gym.benchmark.BENCHMARK_CAMERA_JITTER``).
+REPORT_SPLITS: dict[str, dict[str, Any]] = {
+    "train": {"instruction_split": "train"},
+    "test": {"instruction_split": "test"},
+    "camera_jitter": {"camera_jitter": [0.03, 3.0]},
+}
+SPLITS = ("train", "test")  # the default
 STAGES = ("demos", "bc", "ppo", "evaluation")
 VIDEO_FILE = "final_policy.mp4"
 #: Fields of the config that may change when a run is continued.
@@ -41,22 +48,34 @@ RESUMABLE_CHANGES = frozenset({"device", "progress", "eval_workers"})
 
 #: ``quick`` runs in minutes on a laptop CPU (a smoke test of the whole pipeline);
 #: ``full`` is the configuration behind the figures in benchmarks/RESULTS.md.
+#: PPO settings of both presets (see benchmarks/RESULTS.md, "PPO from a weak BC start"):
+#: the trunk BC trained stays frozen and PPO adapts the heads; a self-imitation term on the
+#: agent's own successes; potential-based shaping by the task's progress; exploration from
+#: a std of 0.2 rather than BC's; a critic with its own learning rate and no gradient into the trunk.
+PPO_SETTINGS: dict[str, Any] = {
+    "n_envs": 4, "n_steps": 256, "batch_size": 256, "n_epochs": 4, "lr": 1e-4, "critic_lr": 1e-3, "target_kl": 0.03,
+    "detach_critic": True, "trunk_lr_scale": 0.0, "sil_coef": 1.0, "shaping": 1.0, "start_log_std": -1.6,
+}
+
+#: ``quick`` runs in minutes on a laptop CPU (the README's main job); ``full`` is the
+#: configuration behind the figures in benchmarks/RESULTS.md, with the camera randomised
+#: during PPO and a camera-jitter split in the report.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
-        "demo_episodes": 150,
-        "bc": {"epochs": 25, "rollout_every": 0},
-        # From a weak BC policy (~50 %), 16k PPO steps are noisy: the critic's gradient is kept
-        # out of the trunk and a decaying BC term anchors the actor (see benchmarks/RESULTS.md).
-        "ppo": {"timesteps": 16384, "n_envs": 4, "n_steps": 256, "batch_size": 256, "eval_every": 4096,
-                "eval_episodes": 30, "detach_critic": True, "bc_coef": 0.1, "bc_decay": 0.95},
-        "eval_episodes": 50,
+        # Fewer demos or epochs leave BC at a few %: the grounding attention has not locked on
+        # to the named object yet (400 demos x 6 epochs and 1000 x 3 both gave 3 %).
+        "demo_episodes": 1000,
+        "bc": {"epochs": 6, "rollout_every": 0},
+        "ppo": {**PPO_SETTINGS, "timesteps": 16_384, "eval_every": 4096, "eval_episodes": 30},
+        "eval_episodes": 100,
     },
     "full": {
         "demo_episodes": 1000,
-        "bc": {"epochs": 20, "rollout_every": 2, "rollout_episodes": 30},
-        "ppo": {"timesteps": 102_400, "n_envs": 8, "n_steps": 256, "batch_size": 256, "eval_every": 10_240,
-                "eval_episodes": 100},
-        "eval_episodes": 200,
+        "bc": {"epochs": 8, "rollout_every": 4, "rollout_episodes": 30},
+        "ppo": {**PPO_SETTINGS, "timesteps": 32_768, "eval_every": 8192, "eval_episodes": 50,
+                "env_kwargs": {"camera_jitter": [0.03, 3.0]}},
+        "eval_episodes": 150,
+        "splits": ["train", "test", "camera_jitter"],
     },
 }
 
@@ -73,7 +92,8 @@ class AgentConfig:
         demo_workers: collection worker processes.
         bc: :class:`~vla_gym.agents.bc.BCConfig` fields (besides data, out, device, seed).
         ppo: :class:`~vla_gym.agents.ppo.PPOConfig` fields (besides init, out, env, device, seed).
-        eval_episodes: episodes per policy and instruction split in the report.
+        eval_episodes: episodes per policy and split in the report.
+        splits: the report's splits, names of :data:`REPORT_SPLITS`.
         eval_seed: first report seed.
         eval_workers: evaluation worker processes.
         video_episodes: episodes of the final policy in ``final_policy.mp4``.
@@ -90,6 +110,7 @@ class AgentConfig:
     bc: dict[str, Any] = field(default_factory=dict)
     ppo: dict[str, Any] = field(default_factory=dict)
     eval_episodes: int = 200
+    splits: list[str] = field(default_factory=lambda: list(SPLITS))
     eval_seed: int = REPORT_SEED
     eval_workers: int = 2
     video_episodes: int = 2
@@ -104,6 +125,9 @@ class AgentConfig:
         for name in ("demo_workers", "video_episodes", "eval_seed"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not isinstance(self.splits, (list, tuple)) or not self.splits or set(self.splits) - set(REPORT_SPLITS):
+            raise ValueError(f"splits must be a non-empty list of {sorted(REPORT_SPLITS)}, got {self.splits!r}")
+        self.splits = list(dict.fromkeys(self.splits))
         for name, reserved in (("bc", {"data", "out", "device", "seed", "resume", "progress"}),
                                ("ppo", {"init", "out", "env_id", "device", "seed", "resume", "progress"})):
             clash = sorted(reserved & set(getattr(self, name)))
@@ -286,7 +310,7 @@ def _evaluate_cell(task: dict[str, Any]) -> str:
     run_evaluation(
         task["spec"], env_id=task["env_id"], episodes=task["episodes"], seed=task["seed"],
         json_path=task["json"], video_path=task["video"], video_episodes=task["video_episodes"],
-        device="cpu", env_kwargs={"instruction_split": task["split"]}, progress=False,
+        device="cpu", env_kwargs=task["env_kwargs"], progress=False,
     )
     return task["json"]
 
@@ -294,14 +318,14 @@ def _evaluate_cell(task: dict[str, Any]) -> str:
 def _run_evaluation(config: AgentConfig, out: Path) -> str:
     tasks = []
     for policy in POLICIES:
-        for split in SPLITS:
+        for split in config.splits:
             path = _cell_path(out, policy, split)
             if path.exists():
                 continue  # written by an earlier, interrupted attempt
             record_video = policy == "bc+ppo" and split == "train" and config.video_episodes > 0
             tasks.append({
                 "spec": _policy_spec(policy, out), "env_id": config.env_id, "episodes": config.eval_episodes,
-                "seed": config.eval_seed, "json": str(path), "split": split,
+                "seed": config.eval_seed, "json": str(path), "split": split, "env_kwargs": REPORT_SPLITS[split],
                 "video": str(out / VIDEO_FILE) if record_video else None, "video_episodes": max(config.video_episodes, 1),
             })
     (out / "eval").mkdir(exist_ok=True)
@@ -316,7 +340,7 @@ def _run_evaluation(config: AgentConfig, out: Path) -> str:
     else:
         for task in _progress(tasks, len(tasks), config.progress):
             _evaluate_cell(task)
-    return f"{len(POLICIES)} policies x {len(SPLITS)} splits x {config.eval_episodes} episodes"
+    return f"{len(POLICIES)} policies x {len(config.splits)} splits x {config.eval_episodes} episodes"
 
 
 def _progress(items, total: int, enabled: bool):
@@ -350,7 +374,7 @@ def build_report(config: AgentConfig, out: Path, stages: _Stages, skipped: dict[
     if curve:
         plot_learning_curve(curve, bc_level, out / LEARNING_CURVE_FILE)
         curve_file = LEARNING_CURVE_FILE
-    results = [_read_cell(out, p, s) for p in POLICIES for s in SPLITS]
+    results = [_read_cell(out, p, s) for p in POLICIES for s in config.splits]
     ppo = config.ppo_config(out)
     stage_table = {
         name: {"seconds": stages.data[name]["seconds"], "skipped": skipped.get(name, False),
@@ -372,7 +396,7 @@ def build_report(config: AgentConfig, out: Path, stages: _Stages, skipped: dict[
         "hardware": hardware_dict(),
         "device": resolve_device(config.device).type,
         "eval": {"episodes": config.eval_episodes, "seed_first": config.eval_seed,
-                 "seed_last": config.eval_seed + config.eval_episodes - 1, "splits": list(SPLITS)},
+                 "seed_last": config.eval_seed + config.eval_episodes - 1, "splits": list(config.splits)},
         "results": results,
         "learning_curve": curve,
         "bc_level": bc_level,
@@ -406,14 +430,20 @@ def _commands(config: AgentConfig, out: Path) -> list[str]:
         f"vla-gym train-ppo --init {q(ppo.init)} --env {ppo.env_id} --timesteps {ppo.timesteps} --n-envs {ppo.n_envs} "
         f"--n-steps {ppo.n_steps} --batch-size {ppo.batch_size} --eval-every {ppo.eval_every} "
         f"--eval-episodes {ppo.eval_episodes} --seed {config.seed}"
+        + (f" --n-epochs {ppo.n_epochs} --lr {ppo.lr} --critic-lr {ppo.critic_lr} --target-kl {ppo.target_kl or 0}")
+        + (f" --env-kwargs {q(json.dumps(ppo.env_kwargs))}" if ppo.env_kwargs else "")
         + (" --detach-critic" if ppo.detach_critic else "")
+        + (f" --trunk-lr-scale {ppo.trunk_lr_scale}" if ppo.trunk_lr_scale != 1.0 else "")
+        + (f" --sil-coef {ppo.sil_coef}" if ppo.sil_coef else "")
+        + (f" --shaping {ppo.shaping}" if ppo.shaping else "")
+        + (f" --start-log-std {ppo.start_log_std}" if ppo.start_log_std is not None else "")
         + (f" --bc-coef {ppo.bc_coef} --bc-decay {ppo.bc_decay}" if ppo.bc_coef else "")
         + f" --out {q(ppo.out)}",
         *(
             f"vla-gym evaluate --policy {q(_policy_spec(p, out))} --env {config.env_id} "
-            f"--env-kwargs '{{\"instruction_split\": \"{s}\"}}' --episodes {config.eval_episodes} "
+            f"--env-kwargs {q(json.dumps(REPORT_SPLITS[s]))} --episodes {config.eval_episodes} "
             f"--seed {config.eval_seed} --json {q(str(_cell_path(out, p, s)))}"
-            for p in POLICIES for s in SPLITS
+            for p in POLICIES for s in config.splits
         ),
     ]
 

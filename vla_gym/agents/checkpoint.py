@@ -23,7 +23,14 @@ from vla_gym.envs.spaces import make_action_space, make_observation_space
 from vla_gym.fileio import atomic_path
 
 CHECKPOINT_FORMAT = "vla_gym.policy"
-CHECKPOINT_VERSION = 1
+#: 2: the NatureCNN-style trunk with FiLM and the cached conditioning (network.NETWORK_VERSION).
+CHECKPOINT_VERSION = 2
+#: Versions this vla_gym recognises but cannot load, with why and what to do instead.
+RETIRED_VERSIONS = {
+    1: "it holds the first VLA network (a 4-layer conv trunk with instruction-to-pixel attention), whose "
+       "weights do not fit today's faster network; retrain it with `vla-gym train-bc` (or `train-agent`) on "
+       "the same demos, or load it with vla_gym 0.1, the last release with that network",
+}
 DEVICES = ("auto", "cpu", "cuda")
 #: What every checkpoint's ``meta`` holds: the env it was made for and the network's sizes.
 REQUIRED_META_KEYS = ("env", "network")
@@ -144,6 +151,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a vla_gym policy checkpoint")
+    if payload.get("version") in RETIRED_VERSIONS:
+        version = payload["version"]
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has version {version} and cannot be loaded: {RETIRED_VERSIONS[version]}"
+        )
     if payload.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(
             f"checkpoint {str(path)!r} has version {payload.get('version')!r}; this vla_gym reads {CHECKPOINT_VERSION}"

@@ -15,12 +15,24 @@ survives. :class:`VLAPPO` adds what keeps a BC policy from collapsing when PPO t
   stopped early when the approximate KL to the rollout policy passes ``1.5 * target_kl``;
 * **the BC log-std**: loaded with the weights, not reset to SB3's ``log_std_init``;
 * an optional **behaviour-cloning term** (DAPG-style): ``bc_coef * bc_decay**k`` times the
-  per-dimension NLL of expert actions on demo batches, added to the PPO loss at update k.
+  per-dimension NLL of expert actions on demo batches, added to the PPO loss at update k;
+* an optional **frozen trunk** (``trunk_lr_scale=0``): PPO adapts the heads on the features
+  BC learned; measured, updates of the whole network from a weak BC start lowered its success;
+* an optional **self-imitation term** (``sil_coef``, :class:`SuccessMemory`): the NLL of the
+  actions of the agent's own successful episodes;
+* optional **potential-based shaping** (``shaping``, :mod:`vla_gym.agents.shaping`) by the
+  task's dense progress, which keeps the sparse task's optimal policies;
+* an optional **exploration std** (``start_log_std``) in place of BC's, which measures the
+  imitation error rather than a useful amount of exploration.
 
 Outputs in ``out``: ``policy.pt`` (best eval success on held-out seeds, then shortest
 episodes), ``last.pt`` (training state for ``resume``), ``config.json``,
-``metrics.jsonl`` (one line per evaluation) and TensorBoard logs in ``tb/``
-(``eval/success_rate`` against env steps, SB3's ``train/*`` and ``rollout/*``).
+``metrics.jsonl`` (one line per evaluation) and TensorBoard logs in ``tb/``: ``eval/success_rate``
+and ``eval/mean_length`` (deterministic, held-out seeds), ``rollout/success_rate`` and
+``rollout/ep_len_mean`` (the training episodes), ``train/value_loss``,
+``train/explained_variance``, ``train/approx_kl``, ``train/clip_fraction``,
+``train/entropy_loss``, ``train/std``, ``train/sil_loss`` and ``time/env_steps_per_second``
+(rollouts and updates; evaluations excluded).
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import dataclasses
 import importlib
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -41,7 +54,9 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import explained_variance, set_random_seed
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.preprocessing import check_for_nested_spaces
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from vla_gym.envs.registration import DEFAULT_ENV_ID
 from vla_gym.agents.bounds import MAX_SEED, bounded_int, finite_float
@@ -55,7 +70,7 @@ from vla_gym.agents.checkpoint import (
     resolve_device,
     save_checkpoint,
 )
-from vla_gym.agents.network import NetworkConfig, VLAActorCriticPolicy
+from vla_gym.agents.network import MAX_LOG_STD_INIT, MIN_LOG_STD_INIT, NetworkConfig, VLAActorCriticPolicy
 from vla_gym.data.format import env_args as make_env_args
 from vla_gym.fileio import append_jsonl, atomic_write_text
 
@@ -74,7 +89,7 @@ INT_BOUNDS: dict[str, tuple[int, int | None]] = {
     "timesteps": (1, None), "n_envs": (1, 256), "n_steps": (1, 1_000_000), "batch_size": (1, 1_000_000),
     "n_epochs": (1, 1_000), "critic_warmup_rollouts": (0, None), "critic_warmup_epochs": (1, 1_000),
     "bc_batch_size": (1, 65_536), "eval_every": (0, None), "eval_episodes": (1, 1_000_000), "eval_seed": (0, 2**31 - 1),
-    "checkpoint_every": (1, None), "seed": (0, MAX_SEED),
+    "checkpoint_every": (1, None), "seed": (0, MAX_SEED), "sil_capacity": (1, 1_000_000),
 }
 #: A rollout held in RAM may take at most this many bytes (see ``_check_rollout_size``).
 MAX_ROLLOUT_BYTES = 16 * 2**30
@@ -102,6 +117,9 @@ class PPOConfig:
         n_epochs: passes over each rollout (few: more over-fits fresh data and drifts).
         lr: Adam learning rate of the actor and the shared trunk.
         critic_lr: learning rate of the critic (``mlp_extractor.value_net``, ``value_net``).
+        trunk_lr_scale: the shared trunk's (vision, language, fusion) learning rate as a
+            multiple of ``lr``; 0 freezes it, so PPO adapts the heads on BC's features (and
+            each update skips the trunk's backward pass).
         gamma, gae_lambda: discount and GAE lambda.
         clip_range: PPO ratio clip.
         ent_coef, vf_coef: entropy bonus and value-loss weight.
@@ -113,6 +131,14 @@ class PPOConfig:
         bc_decay: the weight is multiplied by this after every PPO update.
         bc_data: demo file for that term (default: the demos the ``init`` checkpoint was trained on).
         bc_batch_size: demo frames per minibatch of that term.
+        sil_coef: weight of the self-imitation term: the NLL of the actions of the agent's own
+            successful episodes (:class:`SuccessMemory`), batches of ``batch_size`` (0 = off).
+        sil_capacity: frames of successful episodes kept for it (the newest).
+        shaping: weight of potential-based reward shaping with the task's dense progress
+            (:class:`~vla_gym.agents.shaping.PotentialShaping`; 0 = the env's reward alone).
+        start_log_std: if given, PPO explores from this log-std (all action dimensions) instead
+            of the one BC fitted: BC's std measures its imitation error, often too wide for
+            the rollouts to resemble the deterministic policy being improved.
         detach_critic: the value loss trains only the critic's MLP and head, not the shared
             trunk (vision, language, fusion), which then learns from the policy loss alone.
         network: :class:`NetworkConfig` fields, only when ``init`` is None.
@@ -138,6 +164,7 @@ class PPOConfig:
     n_epochs: int = 3
     lr: float = 3e-5
     critic_lr: float = 3e-4
+    trunk_lr_scale: float = 1.0
     gamma: float = 0.99
     gae_lambda: float = 0.95
     clip_range: float = 0.2
@@ -151,6 +178,10 @@ class PPOConfig:
     bc_decay: float = 0.9
     bc_data: str | None = None
     bc_batch_size: int = 64
+    shaping: float = 0.0
+    sil_coef: float = 0.0
+    sil_capacity: int = 8192
+    start_log_std: float | None = None
     detach_critic: bool = False
     network: dict[str, Any] | None = None
     eval_every: int = 10_000
@@ -169,10 +200,13 @@ class PPOConfig:
             setattr(self, name, bounded_int(name, getattr(self, name), low, high))
         for name in ("lr", "critic_lr", "clip_range", "max_grad_norm"):
             setattr(self, name, finite_float(name, getattr(self, name), 0.0, low_open=True))
-        for name in ("ent_coef", "vf_coef", "bc_coef"):
+        for name in ("ent_coef", "vf_coef", "bc_coef", "shaping", "sil_coef"):
             setattr(self, name, finite_float(name, getattr(self, name), 0.0))
+        self.trunk_lr_scale = finite_float("trunk_lr_scale", self.trunk_lr_scale, 0.0, 10.0)
         for name in ("gamma", "gae_lambda", "bc_decay"):
             setattr(self, name, finite_float(name, getattr(self, name), 0.0, 1.0))
+        if self.start_log_std is not None:
+            self.start_log_std = finite_float("start_log_std", self.start_log_std, MIN_LOG_STD_INIT, MAX_LOG_STD_INIT)
         if self.target_kl is not None:
             try:
                 self.target_kl = finite_float("target_kl", self.target_kl, 0.0, low_open=True)
@@ -266,12 +300,57 @@ class DemoBatches:
         return obs, torch.as_tensor(batch["action"], device=self.device)
 
 
+class SuccessMemory:
+    """The agent's own successful episodes from its rollouts, for the self-imitation term.
+
+    Self-imitation (Oh et al., 2018, "Self-Imitation Learning", with PPO): besides the
+    clipped surrogate, the policy maximises the likelihood of the actions it sampled in
+    episodes that reached the goal. Whole episodes are kept per env while they run and
+    stored if they end in success (``info["is_success"]``); the oldest are dropped past
+    ``capacity`` frames. Held in RAM only: a resumed run starts with an empty memory.
+    """
+
+    def __init__(self, n_envs: int, capacity: int, seed: int, device: torch.device) -> None:
+        self.capacity, self.device = capacity, device
+        self.running: list[list[tuple[dict[str, np.ndarray], np.ndarray]]] = [[] for _ in range(n_envs)]
+        self.episodes: deque[list[tuple[dict[str, np.ndarray], np.ndarray]]] = deque()
+        self.frames = 0
+        self.rng = np.random.default_rng([seed, 2])
+
+    def __len__(self) -> int:
+        return self.frames
+
+    def record(self, obs: dict[str, np.ndarray], actions: np.ndarray, dones: np.ndarray, infos: list[dict]) -> None:
+        """One vectorised step: ``obs`` before it, the sampled ``actions``, and its outcome."""
+        for i, trace in enumerate(self.running):
+            trace.append(({k: np.array(v[i]) for k, v in obs.items()}, np.array(actions[i], dtype=np.float32)))
+            if dones[i]:
+                if infos[i].get("is_success"):
+                    self.episodes.append(trace)
+                    self.frames += len(trace)
+                    while self.frames > self.capacity and len(self.episodes) > 1:
+                        self.frames -= len(self.episodes.popleft())
+                self.running[i] = []
+
+    def sample(self, batch_size: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``batch_size`` frames drawn uniformly: (observations, actions (B, 4)) on the device."""
+        frames = [frame for episode in self.episodes for frame in episode]
+        picks = [frames[i] for i in self.rng.integers(0, len(frames), batch_size)]
+        obs = {k: torch.as_tensor(np.stack([f[0][k] for f in picks]), device=self.device) for k in picks[0][0]}
+        return obs, torch.as_tensor(np.stack([f[1] for f in picks]), device=self.device)
+
+
 class VLAPPO(PPO):
     """SB3 PPO with a critic warm-up, a separate critic learning rate and an optional
     decaying behaviour-cloning term (see the module docstring).
 
     Args (besides PPO's):
         critic_lr_scale: critic learning rate / actor learning rate.
+        trunk_lr_scale: learning rate of the shared trunk (the features extractor: vision,
+            language, fusion) / actor learning rate; 0 freezes it.
+        sil_coef, sil_capacity: weight of the self-imitation term (the NLL of the actions of
+            the agent's own successful episodes, see :class:`SuccessMemory`) and how many of
+            their frames are kept.
         critic_warmup_rollouts, critic_warmup_epochs: see :class:`PPOConfig`.
         bc_coef, bc_decay: weight of the BC term at the first PPO update, and its decay per update.
         demo_batches: ``() -> (obs, actions)`` for the BC term (needed by ``learn`` when
@@ -282,6 +361,9 @@ class VLAPPO(PPO):
         self,
         *args: Any,
         critic_lr_scale: float = 10.0,
+        trunk_lr_scale: float = 1.0,
+        sil_coef: float = 0.0,
+        sil_capacity: int = 8192,
         critic_warmup_rollouts: int = 2,
         critic_warmup_epochs: int = 10,
         bc_coef: float = 0.0,
@@ -291,6 +373,10 @@ class VLAPPO(PPO):
         **kwargs: Any,
     ) -> None:
         self.critic_lr_scale = critic_lr_scale
+        self.trunk_lr_scale = trunk_lr_scale
+        self.sil_coef = sil_coef
+        self.sil_capacity = sil_capacity
+        self.success_memory: SuccessMemory | None = None
         self.critic_warmup_rollouts = critic_warmup_rollouts
         self.critic_warmup_epochs = critic_warmup_epochs
         self.bc_coef = bc_coef
@@ -300,6 +386,18 @@ class VLAPPO(PPO):
         self.rollouts_trained = 0
         super().__init__(*args, **kwargs)
 
+    @staticmethod
+    def _wrap_env(env: Any, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
+        """SB3's wrapping (``Monitor``, ``DummyVecEnv``) without ``VecTransposeImage``: the VLA
+        network reads the env's channel-last images as they come (a channels-last view is
+        what its conv trunk runs fastest on), so no rollout frame is transposed in numpy."""
+        if not isinstance(env, VecEnv):
+            if monitor_wrapper:
+                env = Monitor(env)
+            env = DummyVecEnv([lambda: env])
+        check_for_nested_spaces(env.observation_space)
+        return env
+
     def _setup_learn(self, *args: Any, **kwargs: Any):
         if self.bc_coef > 0 and self.demo_batches is None:
             raise ValueError("bc_coef > 0 needs demo_batches (a demo file) for the behaviour-cloning term")
@@ -307,14 +405,24 @@ class VLAPPO(PPO):
 
     def _setup_model(self) -> None:
         super()._setup_model()
+        if self.sil_coef > 0:
+            self.success_memory = SuccessMemory(self.n_envs, self.sil_capacity, self.seed or 0, self.device)
         critic = {id(p) for p in critic_parameters(self.policy)}
+        trunk = list(self.policy.features_extractor.parameters())
+        if self.trunk_lr_scale == 0:  # frozen: no gradient is even computed through it
+            for param in trunk:
+                param.requires_grad_(False)
+        trunk_ids = {id(p) for p in trunk}
         lr = self.lr_schedule(1)
         groups = [
-            {"params": [p for p in self.policy.parameters() if id(p) not in critic], "lr": lr, "lr_scale": 1.0,
-             "name": "actor"},
+            {"params": [p for p in self.policy.parameters() if id(p) not in critic | trunk_ids], "lr": lr,
+             "lr_scale": 1.0, "name": "actor"},
             {"params": critic_parameters(self.policy), "lr": lr * self.critic_lr_scale,
              "lr_scale": self.critic_lr_scale, "name": "critic"},
         ]
+        if self.trunk_lr_scale > 0:
+            groups.append({"params": trunk, "lr": lr * self.trunk_lr_scale, "lr_scale": self.trunk_lr_scale,
+                           "name": "trunk"})
         self.policy.optimizer = self.policy.optimizer_class(groups, **self.policy.optimizer_kwargs)
 
     def _update_learning_rate(self, optimizers: Any) -> None:
@@ -390,7 +498,7 @@ class VLAPPO(PPO):
         """SB3's PPO update (clipped surrogate, value loss, entropy, KL early stop) plus the BC term."""
         clip_range = self.clip_range(self._current_progress_remaining)
         bc_weight = self.bc_weight()
-        logs: dict[str, list[float]] = {k: [] for k in ("pg", "value", "entropy", "clip", "kl", "bc")}
+        logs: dict[str, list[float]] = {k: [] for k in ("pg", "value", "entropy", "clip", "kl", "bc", "sil")}
         continue_training = True
         for epoch in range(self.n_epochs):
             for data in self.rollout_buffer.get(self.batch_size):
@@ -412,6 +520,13 @@ class VLAPPO(PPO):
                     bc_loss = -demo_log_prob.mean() / demo_actions.shape[1]
                     loss = loss + bc_weight * bc_loss
                     logs["bc"].append(bc_loss.item())
+                memory = self.success_memory
+                if memory is not None and len(memory) >= self.batch_size:
+                    own_obs, own_actions = memory.sample(self.batch_size)
+                    _, own_log_prob, _ = self.policy.evaluate_actions(own_obs, own_actions)
+                    sil_loss = -own_log_prob.mean() / own_actions.shape[1]
+                    loss = loss + self.sil_coef * sil_loss
+                    logs["sil"].append(sil_loss.item())
                 with torch.no_grad():
                     approx_kl = torch.mean((ratio - 1) - log_ratio).item()
                 logs["kl"].append(approx_kl)
@@ -430,10 +545,12 @@ class VLAPPO(PPO):
             if not continue_training:
                 break
         for key, name in (("pg", "policy_gradient_loss"), ("value", "value_loss"), ("entropy", "entropy_loss"),
-                          ("clip", "clip_fraction"), ("kl", "approx_kl"), ("bc", "bc_loss")):
+                          ("clip", "clip_fraction"), ("kl", "approx_kl"), ("bc", "bc_loss"), ("sil", "sil_loss")):
             if logs[key]:
                 self.logger.record(f"train/{name}", float(np.mean(logs[key])))
         self.logger.record("train/bc_weight", bc_weight)
+        if self.success_memory is not None:
+            self.logger.record("train/sil_frames", len(self.success_memory))
         self.logger.record("train/epochs_done", epoch + 1)
         self.logger.record("train/clip_range", clip_range)
 
@@ -447,6 +564,9 @@ class _EvalAndCheckpoint(BaseCallback):
         self.trainer = trainer
         self.rollouts_since_save = 0
         self.bar = None
+        self.train_start: float | None = None
+        self.steps_at_start = 0
+        self.eval_at_start = 0.0
 
     def _on_training_start(self) -> None:
         if self.trainer.config.progress:
@@ -455,6 +575,8 @@ class _EvalAndCheckpoint(BaseCallback):
             self.bar = tqdm(total=self.trainer.config.timesteps, initial=self.num_timesteps, desc="ppo", unit="step")
         if not self.trainer.history:
             self.trainer.evaluate()  # the level PPO starts from
+        self.train_start, self.steps_at_start = time.perf_counter(), self.num_timesteps
+        self.eval_at_start = self.trainer.eval_seconds
 
     def _on_rollout_start(self) -> None:
         trainer = self.trainer
@@ -466,7 +588,21 @@ class _EvalAndCheckpoint(BaseCallback):
             trainer.save_last()
             self.rollouts_since_save = 0
 
+    def _on_rollout_end(self) -> None:
+        """Env steps per second of training so far (rollouts and updates; evaluations,
+        worker start-up and checkpoint writes excluded), logged with the rollout's scalars."""
+        trainer = self.trainer
+        if self.train_start is None:
+            return
+        elapsed = time.perf_counter() - self.train_start - (trainer.eval_seconds - self.eval_at_start)
+        steps = self.num_timesteps - self.steps_at_start
+        if elapsed > 0 and steps > 0:
+            self.logger.record("time/env_steps_per_second", steps / elapsed)
+
     def _on_step(self) -> bool:
+        model = self.model
+        if model.success_memory is not None:
+            model.success_memory.record(model._last_obs, self.locals["actions"], self.locals["dones"], self.locals["infos"])
         if self.bar is not None:
             self.bar.update(self.training_env.num_envs)
             if self.trainer.history:
@@ -516,7 +652,9 @@ class _Trainer:
             ent_coef=config.ent_coef, vf_coef=config.vf_coef, max_grad_norm=config.max_grad_norm,
             target_kl=config.target_kl, tensorboard_log=str(self.out / "tb"), device=self.device, verbose=0,
             policy_kwargs={"network": network, "ortho_init": False, "optimizer_kwargs": {"eps": ADAM_EPS}},
-            critic_lr_scale=config.critic_lr / config.lr, critic_warmup_rollouts=config.critic_warmup_rollouts,
+            critic_lr_scale=config.critic_lr / config.lr, trunk_lr_scale=config.trunk_lr_scale,
+            sil_coef=config.sil_coef, sil_capacity=config.sil_capacity,
+            critic_warmup_rollouts=config.critic_warmup_rollouts,
             critic_warmup_epochs=config.critic_warmup_epochs, bc_coef=config.bc_coef, bc_decay=config.bc_decay,
             detach_critic=config.detach_critic,
         )
@@ -528,6 +666,9 @@ class _Trainer:
                 self._restore(state)
             elif init_policy is not None:
                 self.model.policy.load_state_dict(init_policy.state_dict())
+                if config.start_log_std is not None:
+                    with torch.no_grad():
+                        self.model.policy.log_std.fill_(config.start_log_std)
         except BaseException:
             self.env.close()
             raise
@@ -661,16 +802,23 @@ def _make_vec_env(config: PPOConfig, seed: int):
     kind = config.vec_env
     if kind == "auto":
         kind = "subproc" if config.n_envs > 1 else "dummy"
+    shaping = {"shaping": config.shaping, "gamma": config.gamma} if config.shaping else {}
     return make_vec_env(
-        _make_env, n_envs=config.n_envs, seed=seed, env_kwargs={"env_id": config.env_id, **(config.env_kwargs or {})},
+        _make_env, n_envs=config.n_envs, seed=seed,
+        env_kwargs={"env_id": config.env_id, "env_kwargs": config.env_kwargs or {}, **shaping},
         vec_env_cls=SubprocVecEnv if kind == "subproc" else DummyVecEnv,
     )
 
 
-def _make_env(env_id: str, **kwargs: Any) -> gym.Env:
+def _make_env(env_id: str, env_kwargs: dict[str, Any], shaping: float = 0.0, gamma: float = 0.99) -> gym.Env:
     """Env factory for the vectorised envs; importing vla_gym registers the ids in worker processes."""
     importlib.import_module("vla_gym")
-    return gym.make(env_id, **kwargs)
+    env = gym.make(env_id, **env_kwargs)
+    if shaping:
+        from vla_gym.agents.shaping import PotentialShaping
+
+        env = PotentialShaping(env, shaping, gamma)
+    return env
 
 
 def _train_env_seed(seed: int, timesteps: int) -> int:

@@ -360,6 +360,14 @@ class VLATabletopEnv(gym.Env):
         truncated = len(self.tasks) > 1 and not success and self._elapsed >= self.task.max_episode_steps
         return self._observation(), reward, success, truncated, self._info()
 
+    def progress(self) -> float:
+        """The current task's dense progress in [0, 1] at the current state (1.0 on success):
+        the ``VLA<Task>Dense-v0`` reward, whatever this env's ``reward_type``. A potential
+        for reward shaping (see ``vla_gym.agents.shaping``)."""
+        if self.task.episode is None:
+            raise RuntimeError("progress() before reset(); call env.reset(seed=...) first")
+        return self.task.reward("dense", self._evaluation)
+
     def render(self) -> np.ndarray | None:
         """``rgb_array``: uint8 (360, 480, 3) third-person view; ``human``: the GUI shows it."""
         if self.render_mode == "rgb_array":
