@@ -22,7 +22,6 @@ env's channel-last layout, as ``VLAPPO`` hands it over (it skips SB3's ``VecTran
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import statistics
 import time
@@ -32,7 +31,7 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 import torch
-from report import command_line, machine_description, markers, write_section
+from report import markers, torch_run_line, write_section
 from stable_baselines3.common.policies import ActorCriticCnnPolicy
 
 from vla_gym.agents.network import VLAActorCriticPolicy
@@ -169,11 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     cnn_params = sum(p.numel() for p in build("cnn").parameters())
     if args.out:
         start, end = markers(SECTION)
-        command = command_line(argv)
         section = "\n".join([
             start, "## Network speed: the VLA policy against SB3's NatureCNN policy", "",
-            f"`{command}` ({dt.date.today()}, {machine_description()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; {args.rounds} interleaved rounds, medians). Parameters: VLA "
+            f"{torch_run_line(argv)}; {args.rounds} interleaved rounds, medians). Parameters: VLA "
             f"{vla_params:,}, NatureCNN policy {cnn_params:,}.", "", *lines, "", end,
         ])
         write_section(args.out, section, SECTION)

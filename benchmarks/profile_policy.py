@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime as dt
 import functools
 import pstats
 import tempfile
@@ -49,7 +48,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from network_speed import build, forward_fn, observations, predict_fn
-from report import command_line, machine_description, markers, write_section
+from report import markers, torch_run_line, write_section
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv
@@ -415,11 +414,9 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(lines))
     if args.out:
         start, end = markers(SECTION)
-        command = command_line(argv)
         section = "\n".join([
             start, "## Profile: the VLA policy module by module, and the PPO loop", "",
-            f"`{command}` ({dt.date.today()}, {machine_description()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; {args.repeats} profiled steps per table, CPU). "
+            f"{torch_run_line(argv)}; {args.repeats} profiled steps per table, CPU). "
             "Own time: a range's time less the labelled ranges nested in it (the own shares add up to 100 %).",
             "", *lines, end,
         ])

@@ -17,6 +17,7 @@ __all__ = [
     "NEW_FILE_TITLE",
     "NOT_INSTALLED",
     "command_line",
+    "torch_run_line",
     "cpu_model",
     "machine_description",
     "markers",
@@ -52,3 +53,13 @@ def command_line(argv: list[str] | None = None) -> str:
     """The command that ran this script: ``python <script> <args>``, shell-quoted."""
     args = argv if argv is not None else sys.argv[1:]
     return "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *args])
+
+
+def torch_run_line(argv: list[str] | None = None) -> str:
+    """The start of a section's provenance line: the command, date, machine, torch and threads."""
+    import datetime as dt
+
+    import torch
+
+    return (f"`{command_line(argv)}` ({dt.date.today()}, {machine_description()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
