@@ -3,12 +3,13 @@
 Built on stable-baselines3's seams so that BC pretrains exactly the network PPO fine-tunes:
 
 * :class:`VLAFeaturesExtractor` (a ``BaseFeaturesExtractor``) reads the env's Dict
-  observation: a small CNN (conv, GroupNorm, FiLM, ReLU) on RGB + depth (+ 2 coordinate
-  channels), whose feature maps
-  are modulated by FiLM from the instruction embedding, read out by a spatial softmax
-  (where things are) and a linear map (what is there); a cross-attention from the
-  instruction to the image's pixels (where the named object is); a word-level language
-  encoder; a proprio MLP. Output: one feature vector per observation.
+  observation: NatureCNN's strided trunk on RGB + depth (channels-last, the input scaling
+  folded into the first layer), its last two layers normalised by GroupNorm and modulated
+  by FiLM from the instruction, read out by a spatial softmax (where things are) and a
+  linear glimpse (what is there); an attention from the instruction to the first layer's
+  20x20 cells (where the named object is); a word-level language encoder whose
+  conditioning is cached per instruction at inference; a proprio MLP. Output: one feature
+  vector per observation. As fast as SB3's NatureCNN policy (benchmarks/network_speed.py).
 * :class:`VLAActorCriticPolicy` (an ``ActorCriticPolicy``) adds the MLP trunks, a
   tanh-bounded Gaussian mean with SB3's learned state-independent log-std, and a value head.
 
