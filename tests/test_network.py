@@ -189,7 +189,7 @@ def test_cached_conditioning_matches_the_gradient_path_and_follows_weight_update
         again = extractor(obs)  # served from the cache
     torch.testing.assert_close(cached, fresh)
     torch.testing.assert_close(again, fresh)
-    assert len(extractor._cache) == 2  # one entry per distinct instruction
+    assert len(extractor._weight_cache["conditioning"][1]) == 2  # one entry per distinct instruction
     optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
     extractor(obs).square().sum().backward()
     optimizer.step()

@@ -249,7 +249,7 @@ def test_success_memory_keeps_whole_successful_episodes_newest_first():
     for t in range(2):
         memory.record(obs(10 + t), np.full((2, 4), 10 + t, dtype=np.float32), done if t else no,
                       [{"is_success": True}, {"is_success": True}])
-    assert len(memory) == 4 and len(memory.episodes) == 2  # the oldest episode went past capacity 5
+    assert len(memory) == 4 and len(memory.episode_lengths) == 2  # the oldest episode went past capacity 5
     batch, actions = memory.sample(16)
     assert batch["proprio"].shape == (16, 8) and actions.shape == (16, 4)
     assert set(actions[:, 0].tolist()) <= {10.0, 11.0}

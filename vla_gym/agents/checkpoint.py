@@ -23,7 +23,7 @@ from vla_gym.envs.spaces import make_action_space, make_observation_space
 from vla_gym.fileio import atomic_path
 
 CHECKPOINT_FORMAT = "vla_gym.policy"
-#: 2: the NatureCNN-style trunk with FiLM and the cached conditioning (network.NETWORK_VERSION).
+#: 2: the NatureCNN-style trunk with FiLM and the cached conditioning (vla_gym 0.2).
 CHECKPOINT_VERSION = 2
 #: Versions this vla_gym recognises but cannot load, with why and what to do instead.
 RETIRED_VERSIONS = {

@@ -106,10 +106,6 @@ MIN_LOG_STD_INIT, MAX_LOG_STD_INIT = -20.0, 2.0
 #: strides of its 3 layers, no padding; 84 px in gives 20, 9 and 7 px maps.
 CONV_KERNELS = (8, 4, 3)
 CONV_STRIDES = (4, 2, 1)
-#: Version of the network's layout. A checkpoint records it; one from another layout
-#: (version 1: the 4-layer trunk with pixel cross-attention, before the fast network) is
-#: refused with a message rather than loaded into the wrong modules.
-NETWORK_VERSION = 2
 
 
 @dataclass
@@ -321,8 +317,6 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
             raise ValueError(f"the VLA network needs images of at least 36 px (its conv trunk), got {image_size}")
         self.tokenizer = Tokenizer()
         self.language = LanguageEncoder(len(VOCABULARY), config.word_dim, config.language_dim)
-        self._cache: dict[bytes, torch.Tensor] = {}
-        self._cache_version: tuple = ()
         self._weight_cache: dict[str, tuple[tuple, Any]] = {}
         convs, norms, in_ch = [], [], 4  # rgb + depth
         first_film = len(CONV_STRIDES) - config.film_layers
@@ -343,6 +337,8 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         # the whole vector is cached per instruction (see _condition).
         self._film_channels = [c for c, on in zip(config.channels, self._film_on) if on]
         film_width = 2 * sum(self._film_channels)
+        # Widths of the conditioning vector's parts: embedding, each FiLM layer's (gamma, beta).
+        self._condition_split = [config.language_dim, *(2 * c for c in self._film_channels)]
         self.condition = nn.Linear(config.language_dim, film_width + config.attention_heads * config.attention_key_dim)
         nn.init.zeros_(self.condition.weight[:film_width])  # FiLM starts as the identity
         nn.init.zeros_(self.condition.bias[:film_width])
@@ -438,9 +434,8 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         embedding, the FiLM parameters and the unit-norm attention queries, side by side."""
         language = self.language(self.tokenizer(instruction))
         cond = self.condition(language)
-        film_width = 2 * sum(self._film_channels)
-        b = len(cond)
-        query = F.normalize(cond[:, film_width:].view(b, self.config.attention_heads, -1), dim=-1)
+        film_width = sum(self._condition_split[1:])
+        query = F.normalize(cond[:, film_width:].view(len(cond), self.config.attention_heads, -1), dim=-1)
         return torch.cat([language, cond[:, :film_width], query.flatten(1)], dim=1)
 
     def _condition(self, instruction: torch.Tensor) -> torch.Tensor:
@@ -449,32 +444,27 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         Rollouts, evaluation and ``predict`` run without gradients, and an episode's
         instruction does not change, so a step costs a dict lookup instead of the language
         encoder and the conditioning map. The cache is keyed by those weights' storage and
-        version counters: any update to them (an optimiser step, ``load_state_dict``, a move
-        to another device) empties it.
+        version counters (:meth:`_weights_cached` hands out a new, empty dict when they
+        change: an optimiser step, ``load_state_dict``, a move to another device).
         """
         if torch.is_grad_enabled():
             return self._conditioning(instruction)
-        params = (*self.language.parameters(), *self.condition.parameters())
-        version = tuple((p.data_ptr(), p._version) for p in params)
-        if version != self._cache_version:
-            self._cache.clear()
-            self._cache_version = version
+        cache = self._weights_cached("conditioning", (*self.language.parameters(), *self.condition.parameters()), dict)
         keys = [row.tobytes() for row in instruction.detach().to("cpu", torch.uint8).numpy()]
-        missing = [i for i, key in enumerate(keys) if key not in self._cache]
+        missing = [i for i, key in enumerate(keys) if key not in cache]
         if missing:
             for i, row in zip(missing, self._conditioning(instruction[missing])):
-                self._cache[keys[i]] = row
-            while len(self._cache) > CONDITION_CACHE_SIZE:  # bounded: drop the oldest
-                del self._cache[next(iter(self._cache))]
+                cache[keys[i]] = row
+            while len(cache) > CONDITION_CACHE_SIZE:  # bounded: drop the oldest
+                del cache[next(iter(cache))]
         if len(keys) == 1:
-            return self._cache[keys[0]][None]
-        return torch.stack([self._cache[key] for key in keys])
+            return cache[keys[0]][None]
+        return torch.stack([cache[key] for key in keys])
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         cond = self._condition(observations["instruction"])
-        dims = [self.config.language_dim, *(2 * c for c in self._film_channels)]
-        language, *films = cond[:, : sum(dims)].split(dims, dim=1)
-        query = cond[:, sum(dims):].view(len(cond), self.config.attention_heads, -1)
+        language, *films, query = cond.split([*self._condition_split, cond.shape[1] - sum(self._condition_split)], dim=1)
+        query = query.reshape(len(cond), self.config.attention_heads, -1)
         rgb, depth = self._images(observations)
         where = first = None
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):

@@ -313,12 +313,12 @@ class SuccessMemory:
     def __init__(self, n_envs: int, capacity: int, seed: int, device: torch.device) -> None:
         self.capacity, self.device = capacity, device
         self.running: list[list[tuple[dict[str, np.ndarray], np.ndarray]]] = [[] for _ in range(n_envs)]
-        self.episodes: deque[list[tuple[dict[str, np.ndarray], np.ndarray]]] = deque()
-        self.frames = 0
+        self.frames: list[tuple[dict[str, np.ndarray], np.ndarray]] = []  # stored episodes, oldest first
+        self.episode_lengths: deque[int] = deque()
         self.rng = np.random.default_rng([seed, 2])
 
     def __len__(self) -> int:
-        return self.frames
+        return len(self.frames)
 
     def record(self, obs: dict[str, np.ndarray], actions: np.ndarray, dones: np.ndarray, infos: list[dict]) -> None:
         """One vectorised step: ``obs`` before it, the sampled ``actions``, and its outcome."""
@@ -326,16 +326,15 @@ class SuccessMemory:
             trace.append(({k: np.array(v[i]) for k, v in obs.items()}, np.array(actions[i], dtype=np.float32)))
             if dones[i]:
                 if infos[i].get("is_success"):
-                    self.episodes.append(trace)
-                    self.frames += len(trace)
-                    while self.frames > self.capacity and len(self.episodes) > 1:
-                        self.frames -= len(self.episodes.popleft())
+                    self.frames.extend(trace)
+                    self.episode_lengths.append(len(trace))
+                    while len(self.frames) > self.capacity and len(self.episode_lengths) > 1:
+                        del self.frames[: self.episode_lengths.popleft()]
                 self.running[i] = []
 
     def sample(self, batch_size: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``batch_size`` frames drawn uniformly: (observations, actions (B, 4)) on the device."""
-        frames = [frame for episode in self.episodes for frame in episode]
-        picks = [frames[i] for i in self.rng.integers(0, len(frames), batch_size)]
+        picks = [self.frames[i] for i in self.rng.integers(0, len(self.frames), batch_size)]
         obs = {k: torch.as_tensor(np.stack([f[0][k] for f in picks]), device=self.device) for k in picks[0][0]}
         return obs, torch.as_tensor(np.stack([f[1] for f in picks]), device=self.device)
 
@@ -494,6 +493,11 @@ class VLAPPO(PPO):
         values = self.policy.value_net(self.policy.mlp_extractor.forward_critic(features.detach()))
         return values, distribution.log_prob(actions), distribution.entropy()
 
+    def _imitation_nll(self, obs: dict[str, torch.Tensor], actions: torch.Tensor) -> torch.Tensor:
+        """Per-dimension NLL of ``actions`` (B, 4) under the policy: the BC and self-imitation terms."""
+        _, log_prob, _ = self.policy.evaluate_actions(obs, actions)
+        return -log_prob.mean() / actions.shape[1]
+
     def _train_actor_critic(self) -> None:
         """SB3's PPO update (clipped surrogate, value loss, entropy, KL early stop) plus the BC term."""
         clip_range = self.clip_range(self._current_progress_remaining)
@@ -515,16 +519,12 @@ class VLAPPO(PPO):
                 entropy_loss = -torch.mean(entropy) if entropy is not None else torch.mean(log_prob)
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
                 if bc_weight > 0:
-                    demo_obs, demo_actions = self.demo_batches()
-                    _, demo_log_prob, _ = self.policy.evaluate_actions(demo_obs, demo_actions)
-                    bc_loss = -demo_log_prob.mean() / demo_actions.shape[1]
+                    bc_loss = self._imitation_nll(*self.demo_batches())
                     loss = loss + bc_weight * bc_loss
                     logs["bc"].append(bc_loss.item())
                 memory = self.success_memory
                 if memory is not None and len(memory) >= self.batch_size:
-                    own_obs, own_actions = memory.sample(self.batch_size)
-                    _, own_log_prob, _ = self.policy.evaluate_actions(own_obs, own_actions)
-                    sil_loss = -own_log_prob.mean() / own_actions.shape[1]
+                    sil_loss = self._imitation_nll(*memory.sample(self.batch_size))
                     loss = loss + self.sil_coef * sil_loss
                     logs["sil"].append(sil_loss.item())
                 with torch.no_grad():
