@@ -138,3 +138,21 @@ def expert_holds_it_there(env: gym.Env, where: str, steps: int) -> tuple[bool, d
         if terminated:
             break
     return held_there, info
+
+
+def check_moving_or_held_target_is_not_success(
+    env: gym.Env, put_target: Callable[[], None], settle_steps: int, resting: str, held: str, steps: int
+) -> None:
+    """A target in its goal relation but still moving, or still held by the expert's grip, is
+    not success. ``put_target()`` places it (seed 1); ``resting`` is the evaluation key that
+    stays true while it slides; ``held`` the relation the expert reaches before letting go
+    (within ``steps`` steps), which must precede success."""
+    env.reset(seed=1)
+    put_target()
+    settle(env, settle_steps)
+    set_velocity(env, "target", [0.2, 0.0, 0.0])
+    evaluation = env.unwrapped.task.evaluate()
+    assert evaluation[resting] and not evaluation["success"]
+    env.reset(seed=1)
+    held_there, info = expert_holds_it_there(env, held, steps)
+    assert held_there and info["is_success"]
