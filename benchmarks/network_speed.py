@@ -43,12 +43,12 @@ IMAGE = 84
 TRAIN_BATCH = 128
 
 
-def build(kind: str, network: dict | None = None) -> torch.nn.Module:
+def build(kind: str, network: dict | None = None, device: str = "cpu") -> torch.nn.Module:
     lr = lambda _: 3e-4  # noqa: E731
     if kind == "vla":
-        return VLAActorCriticPolicy(make_observation_space(IMAGE), make_action_space(), lr, network=network)
+        return VLAActorCriticPolicy(make_observation_space(IMAGE), make_action_space(), lr, network=network).to(device)
     space = gym.spaces.Box(0.0, 1.0, (4, IMAGE, IMAGE), np.float32)
-    return ActorCriticCnnPolicy(space, make_action_space(), lr, normalize_images=False)
+    return ActorCriticCnnPolicy(space, make_action_space(), lr, normalize_images=False).to(device)
 
 
 def observations(kind: str, batch: int, seed: int = 0):
@@ -78,8 +78,8 @@ def forward_fn(policy, batch: int, kind: str) -> Callable[[], None]:
 
 def train_fn(policy, kind: str) -> Callable[[], None]:
     obs, _ = policy.obs_to_tensor(observations(kind, TRAIN_BATCH))
-    actions = torch.rand(TRAIN_BATCH, 4) * 2 - 1
-    returns = torch.rand(TRAIN_BATCH)
+    actions = torch.rand(TRAIN_BATCH, 4, device=policy.device) * 2 - 1
+    returns = torch.rand(TRAIN_BATCH, device=policy.device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-4)
     policy.set_training_mode(True)
 
@@ -99,21 +99,25 @@ def predict_fn(policy, kind: str) -> Callable[[], None]:
     return lambda: policy.predict(obs, deterministic=True)
 
 
-def time_call(fn: Callable[[], None], min_seconds: float) -> float:
-    """Seconds per call: warm up, then repeat for at least ``min_seconds``."""
+def time_call(fn: Callable[[], None], min_seconds: float, device: str = "cpu") -> float:
+    """Seconds per call: warm up, then repeat for at least ``min_seconds`` (on CUDA, each call
+    waits for its kernels, so the time is the call's latency)."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(3):
         fn()
+    sync()
     calls, start = 0, time.perf_counter()
     while True:
         fn()
+        sync()
         calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds and calls >= 3:
             return elapsed / calls
 
 
-def measure(rounds: int, min_seconds: float, network: dict | None) -> dict[str, dict[str, list[float]]]:
-    policies = {kind: build(kind, network) for kind in ("vla", "cnn")}
+def measure(rounds: int, min_seconds: float, network: dict | None, device: str = "cpu") -> dict[str, dict[str, list[float]]]:
+    policies = {kind: build(kind, network, device) for kind in ("vla", "cnn")}
     for policy in policies.values():
         policy.set_training_mode(False)
     benches = {
@@ -129,7 +133,7 @@ def measure(rounds: int, min_seconds: float, network: dict | None) -> dict[str, 
             for kind in order:
                 policy = policies[kind]
                 policy.set_training_mode(name == "train b128")
-                times[name][kind].append(time_call(make(policy, kind), min_seconds))
+                times[name][kind].append(time_call(make(policy, kind), min_seconds, device))
         print(f"round {r + 1}/{rounds}: " + ", ".join(
             f"{name} {times[name]['vla'][-1] / times[name]['cnn'][-1]:.2f}x time" for name in benches), flush=True)
     return times
@@ -154,26 +158,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="minimum seconds per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--network", type=json.loads, default=None, help="VLA NetworkConfig fields as JSON")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--section", default=SECTION, help="the Markdown section to write")
     parser.add_argument("--out", type=Path, default=None, help="write/update this Markdown file")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0:
         parser.error("--rounds must be >= 1 and --seconds > 0")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    times = measure(args.rounds, args.seconds, args.network)
+    times = measure(args.rounds, args.seconds, args.network, args.device)
     lines = table(times)
     print("\n".join(lines))
     vla_params = sum(p.numel() for p in build("vla", args.network).parameters())
     cnn_params = sum(p.numel() for p in build("cnn").parameters())
     if args.out:
-        start, end = markers(SECTION)
+        start, end = markers(args.section)
+        where = "" if args.device == "cpu" else f" on {torch.cuda.get_device_name()}"
         section = "\n".join([
-            start, "## Network speed: the VLA policy against SB3's NatureCNN policy", "",
+            start, f"## Network speed{where}: the VLA policy against SB3's NatureCNN policy", "",
             f"{torch_run_line(argv)}; {args.rounds} interleaved rounds, medians). Parameters: VLA "
             f"{vla_params:,}, NatureCNN policy {cnn_params:,}.", "", *lines, "", end,
         ])
-        write_section(args.out, section, SECTION)
+        write_section(args.out, section, args.section)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ppo", type=json.loads, default={}, help="PPOConfig overrides as JSON")
     parser.add_argument("--init", default=None, help="optional BC checkpoint to start from")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--section", default=SECTION, help="the Markdown section to write (e.g. ppo_throughput_gpu)")
     parser.add_argument("--out", type=Path, default=None, help="write/update this Markdown file")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
              "|---:|---:|---:|---:|", *rows]
     print("\n".join(table))
     if args.out:
-        start_marker, end_marker = markers(SECTION)
+        start_marker, end_marker = markers(args.section)
         command = command_line(argv)
         gpu = gpu_description() if device.type == "cuda" else None
         text = "\n".join([
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             f"PPO settings: {json.dumps(settings)}. Goal: PPO / random >= 0.5.",
             "", *table, end_marker,
         ])
-        write_section(args.out, text, SECTION)
+        write_section(args.out, text, args.section)
 
 
 if __name__ == "__main__":

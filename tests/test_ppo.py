@@ -267,3 +267,45 @@ def test_self_imitation_term_trains_on_own_successes(bc_checkpoint, tmp_path):
         if name.startswith("features_extractor.") and bc[name].is_floating_point():
             torch.testing.assert_close(final[name], bc[name], rtol=0, atol=0, msg=name)
     torch.testing.assert_close(final["log_std"], torch.full((4,), -2.0), rtol=0, atol=0.5)
+
+
+def test_frozen_trunk_updates_on_features_computed_once_match_the_observation_path(bc_checkpoint, tmp_path):
+    """With the trunk frozen, an epoch's minibatches carry the rollout's features, computed once:
+    every sample appears once per epoch, and the losses equal those from the observations."""
+    trainer = _Trainer(tiny_ppo(bc_checkpoint, tmp_path / "ppo", trunk_lr_scale=0.0, batch_size=32, n_epochs=2))
+    try:
+        model = trainer.model
+        model._setup_learn(ROLLOUT, None)
+        model.collect_rollouts(model.env, model._init_callback(None), model.rollout_buffer, model.n_steps)
+        model.policy.set_training_mode(True)
+        epochs = [list(batches) for batches in model._minibatches()]
+        assert len(epochs) == 2
+        whole = next(model.rollout_buffer.get(None))
+        for batches in epochs:
+            assert all(isinstance(b.observations, torch.Tensor) for b in batches)
+            actions = torch.cat([b.actions for b in batches])
+            assert sorted(map(tuple, actions.tolist())) == sorted(map(tuple, whole.actions.tolist()))
+        batch = epochs[0][0]
+        rows = [next(i for i in range(len(whole.actions)) if torch.equal(whole.actions[i], a)) for a in batch.actions]
+        obs = {k: v[rows] for k, v in whole.observations.items()}
+        from_features = model._evaluate_actions(batch.observations, batch.actions)
+        from_obs = model._evaluate_actions(obs, batch.actions)
+        for a, b in zip(from_features, from_obs):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model._imitation_nll(batch.observations, batch.actions),
+                                   model._imitation_nll(obs, batch.actions), rtol=1e-5, atol=1e-5)
+    finally:
+        trainer.close()
+
+
+def test_success_memory_keeps_encodings_when_given_an_encoder():
+    from vla_gym.agents.ppo import SuccessMemory
+
+    encode = lambda obs: obs["proprio"].sum(dim=1, keepdim=True) * torch.ones(1, 3)  # noqa: E731
+    memory = SuccessMemory(n_envs=1, capacity=10, seed=0, device=torch.device("cpu"), encode=encode)
+    for t, done in enumerate([False, True]):
+        memory.record({"proprio": np.full((1, 2), t, dtype=np.float32)}, np.full((1, 4), t, dtype=np.float32),
+                      np.array([done]), [{"is_success": done}])
+    features, actions = memory.sample(8)
+    assert features.shape == (8, 3) and actions.shape == (8, 4)
+    torch.testing.assert_close(features[:, 0], 2 * actions[:, 0])  # frame t encodes to 2t, its action is t

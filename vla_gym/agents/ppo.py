@@ -308,12 +308,17 @@ class SuccessMemory:
     episodes that reached the goal. Whole episodes are kept per env while they run and
     stored if they end in success (``info["is_success"]``); the oldest are dropped past
     ``capacity`` frames. Held in RAM only: a resumed run starts with an empty memory.
+
+    ``encode``, if given, maps a stored episode's stacked observations to what is kept
+    instead of them (with a frozen trunk: its features, shape (T, features_dim)), so a
+    sample costs no trunk forward pass and a frame takes a few KB, not an image's worth.
     """
 
-    def __init__(self, n_envs: int, capacity: int, seed: int, device: torch.device) -> None:
-        self.capacity, self.device = capacity, device
+    def __init__(self, n_envs: int, capacity: int, seed: int, device: torch.device,
+                 encode: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None) -> None:
+        self.capacity, self.device, self.encode = capacity, device, encode
         self.running: list[list[tuple[dict[str, np.ndarray], np.ndarray]]] = [[] for _ in range(n_envs)]
-        self.frames: list[tuple[dict[str, np.ndarray], np.ndarray]] = []  # stored episodes, oldest first
+        self.frames: list[tuple[Any, np.ndarray]] = []  # stored episodes' frames, oldest first
         self.episode_lengths: deque[int] = deque()
         self.rng = np.random.default_rng([seed, 2])
 
@@ -326,17 +331,29 @@ class SuccessMemory:
             trace.append(({k: np.array(v[i]) for k, v in obs.items()}, np.array(actions[i], dtype=np.float32)))
             if dones[i]:
                 if infos[i].get("is_success"):
-                    self.frames.extend(trace)
-                    self.episode_lengths.append(len(trace))
-                    while len(self.frames) > self.capacity and len(self.episode_lengths) > 1:
-                        del self.frames[: self.episode_lengths.popleft()]
+                    self._store(trace)
                 self.running[i] = []
 
-    def sample(self, batch_size: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """``batch_size`` frames drawn uniformly: (observations, actions (B, 4)) on the device."""
+    def _store(self, trace: list[tuple[dict[str, np.ndarray], np.ndarray]]) -> None:
+        if self.encode is not None:
+            obs = {k: torch.as_tensor(np.stack([f[0][k] for f in trace]), device=self.device) for k in trace[0][0]}
+            with torch.no_grad():
+                encoded = self.encode(obs)
+            trace = [(row, frame[1]) for row, frame in zip(encoded, trace)]
+        self.frames.extend(trace)
+        self.episode_lengths.append(len(trace))
+        while len(self.frames) > self.capacity and len(self.episode_lengths) > 1:
+            del self.frames[: self.episode_lengths.popleft()]
+
+    def sample(self, batch_size: int) -> tuple[Any, torch.Tensor]:
+        """``batch_size`` frames drawn uniformly: (observations, or their encodings (B, F), and
+        actions (B, 4)) on the device."""
         picks = [self.frames[i] for i in self.rng.integers(0, len(self.frames), batch_size)]
+        actions = torch.as_tensor(np.stack([f[1] for f in picks]), device=self.device)
+        if self.encode is not None:
+            return torch.stack([f[0] for f in picks]), actions
         obs = {k: torch.as_tensor(np.stack([f[0][k] for f in picks]), device=self.device) for k in picks[0][0]}
-        return obs, torch.as_tensor(np.stack([f[1] for f in picks]), device=self.device)
+        return obs, actions
 
 
 class VLAPPO(PPO):
@@ -354,6 +371,11 @@ class VLAPPO(PPO):
         bc_coef, bc_decay: weight of the BC term at the first PPO update, and its decay per update.
         demo_batches: ``() -> (obs, actions)`` for the BC term (needed by ``learn`` when
             ``bc_coef > 0``; it may be set after construction, once the policy exists).
+        memory_seed: seeds the self-imitation memory's sampling (the run's training seed).
+
+    With a frozen trunk the update computes the rollout's features once (no gradient) and
+    runs every epoch on them, and the self-imitation memory keeps features, not frames: an
+    epoch then costs the heads' forward and backward passes alone.
     """
 
     def __init__(
@@ -369,8 +391,10 @@ class VLAPPO(PPO):
         bc_decay: float = 0.9,
         demo_batches: Callable[[], tuple[dict[str, torch.Tensor], torch.Tensor]] | None = None,
         detach_critic: bool = False,
+        memory_seed: int = 0,
         **kwargs: Any,
     ) -> None:
+        self.memory_seed = memory_seed
         self.critic_lr_scale = critic_lr_scale
         self.trunk_lr_scale = trunk_lr_scale
         self.sil_coef = sil_coef
@@ -405,7 +429,8 @@ class VLAPPO(PPO):
     def _setup_model(self) -> None:
         super()._setup_model()
         if self.sil_coef > 0:
-            self.success_memory = SuccessMemory(self.n_envs, self.sil_capacity, self.seed or 0, self.device)
+            encode = self.policy.extract_features if self.trunk_frozen else None
+            self.success_memory = SuccessMemory(self.n_envs, self.sil_capacity, self.memory_seed, self.device, encode)
         critic = {id(p) for p in critic_parameters(self.policy)}
         trunk = list(self.policy.features_extractor.parameters())
         if self.trunk_lr_scale == 0:  # frozen: no gradient is even computed through it
@@ -430,6 +455,10 @@ class VLAPPO(PPO):
         self.logger.record("train/critic_learning_rate", lr * self.critic_lr_scale)
         for group in self.policy.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
+
+    @property
+    def trunk_frozen(self) -> bool:
+        return self.trunk_lr_scale == 0
 
     @property
     def in_critic_warmup(self) -> bool:
@@ -484,19 +513,43 @@ class VLAPPO(PPO):
         self._n_updates += self.critic_warmup_epochs
         self.logger.record("train/value_loss", float(np.mean(losses)))
 
-    def _evaluate_actions(self, obs, actions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """SB3's ``evaluate_actions``; with ``detach_critic`` the value loss stops at the trunk."""
-        if not self.detach_critic:
-            return self.policy.evaluate_actions(obs, actions)
-        features = self.policy.extract_features(obs)
-        distribution = self.policy._get_action_dist_from_latent(self.policy.mlp_extractor.forward_actor(features))
-        values = self.policy.value_net(self.policy.mlp_extractor.forward_critic(features.detach()))
+    def _features(self, inputs: dict[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        """The trunk's features (B, F) of observations, or ``inputs`` itself if they already are."""
+        return inputs if isinstance(inputs, torch.Tensor) else self.policy.extract_features(inputs)
+
+    def _evaluate_actions(self, inputs, actions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SB3's ``evaluate_actions`` on observations or precomputed features; with
+        ``detach_critic`` the value loss stops at the trunk."""
+        features = self._features(inputs)
+        policy = self.policy
+        distribution = policy._get_action_dist_from_latent(policy.mlp_extractor.forward_actor(features))
+        critic_input = features.detach() if self.detach_critic else features
+        values = policy.value_net(policy.mlp_extractor.forward_critic(critic_input))
         return values, distribution.log_prob(actions), distribution.entropy()
 
-    def _imitation_nll(self, obs: dict[str, torch.Tensor], actions: torch.Tensor) -> torch.Tensor:
-        """Per-dimension NLL of ``actions`` (B, 4) under the policy: the BC and self-imitation terms."""
-        _, log_prob, _ = self.policy.evaluate_actions(obs, actions)
-        return -log_prob.mean() / actions.shape[1]
+    def _imitation_nll(self, inputs, actions: torch.Tensor) -> torch.Tensor:
+        """Per-dimension NLL of ``actions`` (B, 4) under the policy, from observations or
+        features: the BC and self-imitation terms."""
+        features = self._features(inputs)
+        distribution = self.policy._get_action_dist_from_latent(self.policy.mlp_extractor.forward_actor(features))
+        return -distribution.log_prob(actions).mean() / actions.shape[1]
+
+    def _minibatches(self) -> Any:
+        """Per epoch, an iterator over the rollout's minibatches (SB3's ``RolloutBufferSamples``).
+        With a frozen trunk their ``observations`` are the features, computed once here."""
+        if not self.trunk_frozen:
+            for _ in range(self.n_epochs):
+                yield self.rollout_buffer.get(self.batch_size)
+            return
+        whole = next(self.rollout_buffer.get(None))
+        with torch.no_grad():
+            chunks = torch.arange(len(whole.actions), device=self.device).split(self.batch_size)
+            features = torch.cat([self.policy.extract_features({k: v[i] for k, v in whole.observations.items()})
+                                  for i in chunks])
+        whole = whole._replace(observations=features)
+        for _ in range(self.n_epochs):
+            order = torch.randperm(len(features), device=self.device).split(self.batch_size)
+            yield (type(whole)(*(field[i] for field in whole)) for i in order)
 
     def _train_actor_critic(self) -> None:
         """SB3's PPO update (clipped surrogate, value loss, entropy, KL early stop) plus the BC term."""
@@ -504,8 +557,8 @@ class VLAPPO(PPO):
         bc_weight = self.bc_weight()
         logs: dict[str, list[float]] = {k: [] for k in ("pg", "value", "entropy", "clip", "kl", "bc", "sil")}
         continue_training = True
-        for epoch in range(self.n_epochs):
-            for data in self.rollout_buffer.get(self.batch_size):
+        for epoch, minibatches in enumerate(self._minibatches()):
+            for data in minibatches:
                 values, log_prob, entropy = self._evaluate_actions(data.observations, data.actions)
                 advantages = data.advantages
                 if self.normalize_advantage and len(advantages) > 1:
@@ -656,7 +709,7 @@ class _Trainer:
             sil_coef=config.sil_coef, sil_capacity=config.sil_capacity,
             critic_warmup_rollouts=config.critic_warmup_rollouts,
             critic_warmup_epochs=config.critic_warmup_epochs, bc_coef=config.bc_coef, bc_decay=config.bc_decay,
-            detach_critic=config.detach_critic,
+            detach_critic=config.detach_critic, memory_seed=config.seed,
         )
         try:
             self.model = VLAPPO(VLAActorCriticPolicy, self.env, **model_kwargs)
