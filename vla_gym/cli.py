@@ -351,7 +351,16 @@ def _fix_config_out(build: Path, config: _RunConfig) -> None:
 
 
 def _run_train_bc(args: argparse.Namespace) -> None:
+    """Also the entry of ``torchrun ... -m vla_gym.agents.bc``: every rank runs it; rank 0 prints."""
     from vla_gym.agents.bc import BCConfig, train_bc
+    from vla_gym.agents.distributed import distributed_context
+
+    context = distributed_context()
+    if context.enabled and args.staged:
+        raise ValueError(
+            f"--overwrite is not available under torchrun ({context.world_size} processes would each stage "
+            f"a run); remove {args.out!r} or give a new --out"
+        )
 
     config = BCConfig(
         data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -364,6 +373,8 @@ def _run_train_bc(args: argparse.Namespace) -> None:
         result = train_bc(dataclasses.replace(config, out=str(build)))
         if args.staged:
             _fix_config_out(build, config)
+    if not context.is_main:
+        return
     print(
         f"{Path(args.out) / 'policy.pt'}: {result.steps} steps over {result.epochs} epochs in "
         f"{result.train_seconds:.0f} s ({result.samples_per_second:.0f} samples/s); best: "

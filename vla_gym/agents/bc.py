@@ -19,6 +19,9 @@ optional contrastive term:
 Outputs in ``out``: ``policy.pt`` (best weights by rollout success, then validation
 loss), ``last.pt`` (full training state, for ``resume``), ``config.json``,
 ``metrics.jsonl`` (one line per epoch) and TensorBoard scalars in ``tb/``.
+
+Data-parallel: ``torchrun --nproc-per-node N -m vla_gym.agents.bc --data ... --out ...``
+(see :func:`train_bc` and :mod:`vla_gym.agents.distributed`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,13 @@ from vla_gym.agents.checkpoint import (
     resolve_device,
     save_checkpoint,
 )
+from vla_gym.agents.distributed import (
+    barrier,
+    device_for,
+    distributed_context,
+    init_process_group,
+    mean_over_ranks,
+)
 from vla_gym.agents.network import TARGET_OFFSET_SCALE, NetworkConfig, VLAActorCriticPolicy, info_nce
 from vla_gym.data.augment import AugmentConfig, augment_batch
 from vla_gym.fileio import append_jsonl, atomic_write_text
@@ -59,6 +69,8 @@ RESUMABLE_CHANGES = frozenset({"device", "progress", "num_workers", "epochs", "o
 #: Rollout seeds start far from the collection seeds (0, 1, ...) and the evaluation seeds (100000+).
 ROLLOUT_SEED = 10_000_000
 LOG_EVERY = 20  # optimiser steps between TensorBoard training scalars
+#: Rank r of a data-parallel run seeds its augmentation stream with ``seed + r * this``.
+AUGMENT_SEED_STRIDE = 1_000_003
 #: Bounds of the integer fields of :class:`BCConfig` (None: no upper bound).
 INT_BOUNDS: dict[str, tuple[int, int | None]] = {
     "epochs": (1, 100_000), "batch_size": (1, 65_536), "warmup_steps": (0, None), "rollout_every": (0, None),
@@ -202,14 +214,16 @@ def _amp_settings(device: torch.device, enabled: bool) -> tuple[bool, torch.dtyp
     return True, torch.float16, True
 
 
-class _Losses:
-    """Forward pass and losses of one batch (shared by training and validation)."""
+class _Losses(torch.nn.Module):
+    """Forward pass and losses of one batch (shared by training and validation). A module,
+    so that ``DistributedDataParallel`` can wrap it: its forward is what DDP runs."""
 
     def __init__(self, policy: VLAActorCriticPolicy, config: BCConfig, device: torch.device) -> None:
+        super().__init__()
         self.policy, self.config, self.device = policy, config, device
         self.amp, self.amp_dtype, _ = _amp_settings(device, config.amp)
 
-    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         obs = {k: batch[k] for k in OBS_KEYS}
         actions, returns = batch["action"], batch["return"]
         policy, extractor = self.policy, self.policy.features_extractor
@@ -249,8 +263,13 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _batches(dataset: DemoDataset, indices: np.ndarray, batch_size: int, num_workers: int, seed: int):
-    batch_sampler = [indices[i : i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
+def _split(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+
+
+def _batches(dataset: DemoDataset, batches: list[np.ndarray], num_workers: int, seed: int):
+    """A DataLoader over the given batches of dataset indices (in this order)."""
+    batch_sampler = [batch.tolist() for batch in batches]
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=batch_sampler,
@@ -273,7 +292,7 @@ def validate(policy: VLAActorCriticPolicy, dataset: DemoDataset, config: BCConfi
     losses = _Losses(policy, config, device)
     totals: dict[str, float] = {}
     count = 0
-    for batch in _batches(dataset, np.arange(len(dataset)), config.batch_size, 0, config.seed):
+    for batch in _batches(dataset, _split(np.arange(len(dataset)), config.batch_size), 0, config.seed):
         batch = _to_device(batch, device)
         out = losses(batch)
         n = len(batch["action"])
@@ -299,9 +318,14 @@ def rollout_success(policy: VLAActorCriticPolicy, env_args: dict, episodes: int,
 
 
 def train_bc(config: BCConfig) -> BCResult:
-    """Train the VLA actor-critic by behaviour cloning; see the module docstring for outputs."""
-    from torch.utils.tensorboard import SummaryWriter
+    """Train the VLA actor-critic by behaviour cloning; see the module docstring for outputs.
 
+    Under ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment) the processes train one
+    model data-parallel (:mod:`vla_gym.agents.distributed`): ``config.batch_size`` stays the
+    global batch, split evenly over the processes, so the run follows the single-process
+    one; only rank 0 validates, rolls out, and writes checkpoints, logs and TensorBoard.
+    The result's history and best are rank 0's (empty on the others).
+    """
     env_args = check_env_matches(config.data, config.env_id, config.env_kwargs)
     held_out = held_out_splits(env_args["env_config"])
     if held_out:
@@ -311,11 +335,29 @@ def train_bc(config: BCConfig) -> BCResult:
             stacklevel=2,
         )
     trainer = _BCTrainer(config, env_args)
+    try:
+        _run(trainer, config)
+    finally:
+        trainer.close()
+    seconds = trainer.train_seconds
+    rate = trainer.samples_done / seconds if seconds else float("nan")
+    return BCResult(
+        str(trainer.policy_path), str(trainer.last_path), trainer.step, trainer.epoch, rate, seconds,
+        trainer.history, trainer.best,
+    )
+
+
+def _run(trainer: "_BCTrainer", config: BCConfig) -> None:
+    """Resume if asked, then train the remaining epochs; rank 0 writes config and logs."""
+    from torch.utils.tensorboard import SummaryWriter
+
     if config.resume and trainer.last_path.exists():
         trainer.restore()
-    trainer.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(trainer.out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-    writer = SummaryWriter(str(trainer.out / "tb"), purge_step=trainer.step if trainer.step else None)
+    main = trainer.context.is_main
+    if main:
+        trainer.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(trainer.out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    writer = SummaryWriter(str(trainer.out / "tb"), purge_step=trainer.step or None) if main else _NullWriter()
     try:
         while trainer.epoch < config.epochs:
             trainer.train_epoch(writer)
@@ -325,14 +367,19 @@ def train_bc(config: BCConfig) -> BCResult:
         raise
     finally:
         writer.close()
-    if not trainer.policy_path.exists():
+    if main and not trainer.policy_path.exists():
         save_checkpoint(trainer.policy_path, trainer.policy, trainer.meta())
-    seconds = trainer.train_seconds
-    rate = trainer.samples_done / seconds if seconds else float("nan")
-    return BCResult(
-        str(trainer.policy_path), str(trainer.last_path), trainer.step, trainer.epoch, rate, seconds,
-        trainer.history, trainer.best,
-    )
+    barrier(trainer.context)
+
+
+class _NullWriter:
+    """TensorBoard's ``SummaryWriter`` for the ranks that write nothing."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class _BCTrainer:
@@ -343,8 +390,15 @@ class _BCTrainer:
         self.config, self.env_args = config, env_args
         self.out = Path(config.out)
         self.last_path, self.policy_path = self.out / "last.pt", self.out / "policy.pt"
-        self.device = device = resolve_device(config.device)
-        torch.manual_seed(config.seed)
+        self.context = context = distributed_context()
+        self.device = device = device_for(context, resolve_device(config.device))
+        if config.batch_size % context.world_size:
+            raise ValueError(
+                f"batch_size={config.batch_size} (the global batch) must divide evenly over the "
+                f"{context.world_size} processes; choose a multiple of {context.world_size}"
+            )
+        self.owns_group = init_process_group(context, device)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.train_set = DemoDataset(
             config.data, "train", in_memory=config.in_memory, paraphrase_prob=config.paraphrase_prob,
             seed=config.seed, gamma=config.gamma,
@@ -361,8 +415,17 @@ class _BCTrainer:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=_amp_settings(device, config.amp)[2])
         self.augment = AugmentConfig(**config.augment)
-        self.augment_generator = torch.Generator(device=device).manual_seed(config.seed)
+        # Each rank augments its own share of a batch with its own stream (rank 0: the single-process one).
+        self.augment_generator = torch.Generator(device=device).manual_seed(config.seed + AUGMENT_SEED_STRIDE * context.rank)
         self.losses = _Losses(self.policy, config, device)
+        self.train_losses: torch.nn.Module = self.losses
+        if context.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_losses = DistributedDataParallel(
+                self.losses, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=_has_unused_parameters(self.policy, config),
+            )
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {}
@@ -376,7 +439,15 @@ class _BCTrainer:
             "data_fingerprint": self.train_set.fingerprint, "rng": capture_host_rng(),
         }
 
+    def close(self) -> None:
+        if self.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
     def save_last(self) -> None:
+        if not self.context.is_main:
+            return
         save_checkpoint(
             self.last_path, self.policy, self.meta(), optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
@@ -407,22 +478,32 @@ class _BCTrainer:
         config = self.config
         self.policy.set_training_mode(True)
         self.train_set.set_epoch(self.epoch)
-        order = _epoch_order(len(self.train_set), config.seed, self.epoch)[self.batch_in_epoch * config.batch_size :]
-        loader = _batches(self.train_set, order, config.batch_size, config.num_workers, config.seed + self.epoch)
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{config.epochs}", disable=not config.progress, leave=False)
+        batches = self.epoch_batches()
+        loader = _batches(self.train_set, [b[self.context.rank] for b in batches], config.num_workers,
+                          config.seed + self.epoch)
+        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{config.epochs}",
+                   disable=not (config.progress and self.context.is_main), leave=False)
         start = time.perf_counter()
         try:
-            for batch in bar:
-                self._train_step(batch, writer, bar)
+            for batch, shares in zip(bar, batches):
+                self._train_step(batch, writer, bar, sum(len(share) for share in shares))
         except DatasetError as err:  # from a DataLoader worker: keep the one line that says what is wrong
             raise DatasetError(_last_line(str(err))) from None
         finally:
             self.train_seconds += time.perf_counter() - start
 
-    def _train_step(self, batch: dict[str, torch.Tensor], writer: Any, bar: Any) -> None:
+    def epoch_batches(self) -> list[list[np.ndarray]]:
+        """The rest of this epoch's global batches, each as every rank's share (one share in a
+        single process). The order is the single-process one; a last batch too small to give
+        every rank a sample is dropped in a multi-process run."""
+        config, world = self.config, self.context.world_size
+        order = _epoch_order(len(self.train_set), config.seed, self.epoch)[self.batch_in_epoch * config.batch_size :]
+        return [np.array_split(batch, world) for batch in _split(order, config.batch_size) if len(batch) >= world]
+
+    def _train_step(self, batch: dict[str, torch.Tensor], writer: Any, bar: Any, global_size: int) -> None:
         config, policy, optimizer = self.config, self.policy, self.optimizer
         batch = augment_batch(_to_device(batch, self.device), self.augment, self.augment_generator)
-        terms = self.losses(batch)
+        terms = self.train_losses(batch)
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()
         self.scaler.unscale_(optimizer)
@@ -432,7 +513,7 @@ class _BCTrainer:
         self.scheduler.step()
         self.step += 1
         self.batch_in_epoch += 1
-        self.samples_done += len(batch["action"])
+        self.samples_done += global_size
         for k, v in terms.items():
             self.running[k] = self.running.get(k, 0.0) + float(v.detach())
         if self.step % LOG_EVERY == 0:
@@ -446,16 +527,23 @@ class _BCTrainer:
             self.save_last()
 
     def end_epoch(self, writer: Any) -> None:
-        """Validate (and roll out), log, keep the best policy and save ``last.pt``."""
-        from tqdm.auto import tqdm
-
-        config, policy = self.config, self.policy
+        """Validate (and roll out), log, keep the best policy and save ``last.pt`` (rank 0;
+        the other ranks wait for it)."""
+        config = self.config
         batches = max(self.batch_in_epoch, 1)
         self.epoch += 1
         self.batch_in_epoch = 0
-        record = {"epoch": self.epoch, "step": self.step}
-        record.update({f"train_{k}": v / batches for k, v in self.running.items()})
+        running = mean_over_ranks(self.context, self.running, self.device)
         self.running = {}
+        if self.context.is_main:
+            self._evaluate_epoch(writer, {f"train_{k}": v / batches for k, v in running.items()})
+        barrier(self.context)
+
+    def _evaluate_epoch(self, writer: Any, train_terms: dict[str, float]) -> None:
+        from tqdm.auto import tqdm
+
+        config, policy = self.config, self.policy
+        record = {"epoch": self.epoch, "step": self.step, **train_terms}
         record.update({f"valid_{k}": v for k, v in validate(policy, self.valid_set, config, self.device).items()})
         if config.rollout_every and (self.epoch % config.rollout_every == 0 or self.epoch == config.epochs):
             rollout = rollout_success(policy, self.env_args, config.rollout_episodes)
@@ -514,6 +602,15 @@ def restore_torch_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
+def _has_unused_parameters(policy: VLAActorCriticPolicy, config: BCConfig) -> bool:
+    """Whether some trainable weights get no gradient from the BC loss: the contrastive
+    projections when the contrastive term is off. DDP must then be told to look for them."""
+    return config.contrastive_coef == 0 and any(
+        p.requires_grad for name, p in policy.features_extractor.named_parameters()
+        if name.startswith(("vision_embed.", "language_embed."))
+    )
+
+
 def _better(record: dict[str, Any], best: dict[str, Any]) -> bool:
     """Rank epochs by rollout success (when measured), then by validation loss."""
     if not best:
@@ -552,3 +649,17 @@ def _describe(record: dict[str, Any]) -> str:
     if record.get("samples_per_second"):
         parts.append(f"{record['samples_per_second']:.0f} samples/s")
     return ", ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vla_gym.agents.bc [train-bc options]``: ``vla-gym train-bc``, the entry
+    point for ``torchrun --nproc-per-node N -m vla_gym.agents.bc --data ... --out ...``."""
+    import sys
+
+    from vla_gym.cli import main as cli_main
+
+    return cli_main(["train-bc", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
