@@ -230,3 +230,14 @@ def test_checkpoint_of_the_first_network_is_refused_with_what_to_do(tmp_path):
     torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "meta": json.dumps(meta), "policy": {}}, path)
     with pytest.raises(CheckpointError, match=r"version 1 .*first VLA network.*retrain it with `vla-gym train-bc`"):
         load_policy(path, device="cpu")
+
+
+def test_set_training_mode_reaches_every_module_even_when_one_was_toggled_alone():
+    policy = make_policy(network={"channels": [8, 16, 16], "features_dim": 32})
+    policy.set_training_mode(False)
+    assert not any(m.training for m in policy.modules())
+    policy.features_extractor.convs.train(True)  # one submodule toggled behind the policy's back
+    policy.set_training_mode(False)
+    assert not any(m.training for m in policy.modules())
+    policy.set_training_mode(True)
+    assert all(m.training for m in policy.modules())

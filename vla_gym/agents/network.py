@@ -545,6 +545,13 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
         data["network"] = self.network_config.to_dict()
         return data
 
+    def set_training_mode(self, mode: bool) -> None:
+        """SB3 calls this on every ``predict``; ``nn.Module.train`` walks and re-sets all the
+        modules each time (about a fifth of a one-observation ``predict`` here), so the walk is
+        skipped when every module is already in that mode."""
+        if any(module.training != mode for module in self.modules()):
+            super().set_training_mode(mode)
+
 
 def info_nce(
     x: torch.Tensor, y: torch.Tensor, temperature: float = 0.1, positives: torch.Tensor | None = None
