@@ -34,6 +34,7 @@ from vla_gym.cli_checks import (
     MAX_TIMESTEPS,
     MAX_WORKERS,
     SEED,
+    OptionError,
     WORKERS,
     check_args,
     env_kwargs_option,
@@ -300,6 +301,35 @@ def _benchmark_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    from vla_gym.data.minari_export import DATASET_ID_EXAMPLE, EXPORT_FORMATS
+
+    p.add_argument("demos", metavar="DEMOS", help="demo file from `vla-gym collect`")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS,
+                   help='minari: a Minari dataset (https://minari.farama.org; needs pip install "vla_gym[minari]")')
+    p.add_argument("--name", required=True, type=_dataset_id,
+                   help=f"dataset id (namespace/)name-vN, e.g. {DATASET_ID_EXAMPLE}")
+    p.add_argument("--data-path", default=None,
+                   help="Minari datasets root (default: $MINARI_DATASETS_PATH, else ~/.minari/datasets)")
+    p.add_argument("--all-episodes", action="store_true",
+                   help="also export the episodes the expert failed (default: the successful ones only)")
+    p.add_argument("--author", default=None, help="author in the dataset's metadata (default: vla_gym)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing dataset of that id (the new one is built aside and moved in when complete)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _dataset_id(text: str) -> str:
+    """argparse type: a Minari dataset id (checked without importing minari)."""
+    from vla_gym.data.minari_export import ExportError, check_dataset_id
+
+    try:
+        check_dataset_id(text)
+    except ExportError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def _run_render(args: argparse.Namespace) -> None:
     if len(args.env) > 1:
         if args.target is not None or args.instruction is not None:
@@ -323,6 +353,19 @@ def _run_collect(args: argparse.Namespace) -> None:
         env_kwargs=args.env_kwargs,
     )
     print(collect_demos(config, progress=not args.no_progress, resume=args.resume, keep_partial=True).summary())
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from vla_gym.data.minari_export import MinariNotInstalledError, export_minari
+
+    try:
+        result = export_minari(
+            args.demos, args.name, data_path=args.data_path, overwrite=args.overwrite,
+            include_failures=args.all_episodes, author=args.author, progress=not args.no_progress,
+        )
+    except MinariNotInstalledError as err:  # a missing optional extra is the user's to install: one line
+        raise OptionError(f"--format {args.format}: {err}") from None
+    print(result.summary())
 
 
 @contextlib.contextmanager
@@ -437,7 +480,7 @@ def _run_benchmark(args: argparse.Namespace) -> None:
 
 RUNNERS = {
     "render": _run_render, "collect": _run_collect, "train-bc": _run_train_bc, "train-ppo": _run_train_ppo,
-    "evaluate": _run_evaluate, "benchmark": _run_benchmark,
+    "evaluate": _run_evaluate, "benchmark": _run_benchmark, "export": _run_export,
 }
 #: Each command: its one-line help and the function that adds its options.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
@@ -447,6 +490,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "train-ppo": ("fine-tune a BC checkpoint with PPO (stable-baselines3)", _train_ppo_arguments),
     "evaluate": ("success rate of a policy on fixed seeds (95%% Wilson interval)", _evaluate_arguments),
     "benchmark": ("success rates of several policies over the generalisation splits", _benchmark_arguments),
+    "export": ("write a demo file as a Minari dataset (optional extra: vla_gym[minari])", _export_arguments),
 }
 #: What a command's interruption leaves, and how to go on.
 RESUME_HINTS = {
@@ -454,7 +498,11 @@ RESUME_HINTS = {
     "train-bc": " (continue with --resume)",
     "train-ppo": " (continue with --resume)",
     "benchmark": " (rerun the same command to continue)",
+    "export": " (no dataset was written; an earlier one of that id is unchanged)",
 }
+#: Commands that check their options themselves, before any work (``export``: its function
+#: checks the id, the datasets root and the demo file before it replays anything).
+SELF_CHECKED = ("export",)
 #: Errors that are the user's input (a bad option, file or path): one line, exit code 2.
 USER_ERRORS = (ValueError, TypeError, OSError)
 
@@ -491,7 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with _sigterm_raises():
-            check_args(args)  # every path and cross-check before any work
+            if args.command not in SELF_CHECKED:
+                check_args(args)  # every path and cross-check before any work
             RUNNERS[args.command](args)
     except USER_ERRORS as err:
         parser.exit(EXIT_USAGE, f"vla-gym {args.command}: error: {_one_line(err)}\n")
