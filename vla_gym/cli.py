@@ -500,9 +500,6 @@ RESUME_HINTS = {
     "benchmark": " (rerun the same command to continue)",
     "export": " (no dataset was written; an earlier one of that id is unchanged)",
 }
-#: Commands that check their options themselves, before any work (``export``: its function
-#: checks the id, the datasets root and the demo file before it replays anything).
-SELF_CHECKED = ("export",)
 #: Errors that are the user's input (a bad option, file or path): one line, exit code 2.
 USER_ERRORS = (ValueError, TypeError, OSError)
 
@@ -539,8 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with _sigterm_raises():
-            if args.command not in SELF_CHECKED:
-                check_args(args)  # every path and cross-check before any work
+            check_args(args)  # every path and cross-check before any work
             RUNNERS[args.command](args)
     except USER_ERRORS as err:
         parser.exit(EXIT_USAGE, f"vla-gym {args.command}: error: {_one_line(err)}\n")

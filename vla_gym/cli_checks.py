@@ -234,6 +234,12 @@ def _checks_benchmark(args: argparse.Namespace) -> None:
     check_output_dir(args.out, "--out")
 
 
+def _checks_export(args: argparse.Namespace) -> None:
+    """Nothing to add: ``export_minari`` checks the dataset id, the minari import, the
+    datasets root, an existing dataset and the demo file, in that order, before it replays
+    anything (the id is also checked by argparse)."""
+
+
 CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "render": _checks_render,
     "collect": _checks_collect,
@@ -241,6 +247,7 @@ CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "train-ppo": _checks_train_ppo,
     "evaluate": _checks_evaluate,
     "benchmark": _checks_benchmark,
+    "export": _checks_export,
 }
 
 
