@@ -53,6 +53,21 @@ def interrupt_on_call(func, call: int):
     return wrapped
 
 
+def wait_for_lines(path, process, count: int, timeout: float = 120.0) -> None:
+    """Wait until the text file ``path`` has ``count`` lines (a subprocess writing it, e.g. a
+    collection's attempts log); fail, killing ``process``, if it ends or ``timeout`` passes first."""
+    import time
+    from pathlib import Path
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if Path(path).exists() and len(Path(path).read_text().splitlines()) >= count:
+            return
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"{path} did not get {count} line(s) in time: {process.communicate()[1][-2000:]}")
+
+
 @pytest.fixture(scope="session")
 def demo_file(tmp_path_factory) -> str:
     """Six expert episodes of VLAPick-v0 (seeds 0-5), collected in this process."""

@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -32,6 +31,7 @@ from vla_gym.benchmark import EPISODES_FILE, MARKDOWN_FILE, RUN_FILES, resolve_p
 from vla_gym.cli import main, train_agent_main
 from vla_gym.data.collect import ATTEMPTS_FILE, LOCK_FILE, CollectConfig, collect_demos, partial_dir
 from vla_gym.pipeline import AgentConfig
+from tests.conftest import wait_for_lines
 
 HUMAN = json.dumps({"render_mode": "human"})
 BOGUS = json.dumps({"bogus_kwarg": 1})
@@ -195,7 +195,7 @@ def _path_cases(tmp: Path, read_only: Path) -> list[tuple[list[str], str]]:
         (["render", "--scale", "16", "--image-size", "512", "--out", str(tmp / "o.png")],
          "makes a 16384 px wide picture; the widest allowed is 4096 px"),
         (["train-bc", "--data", str(file), "--out", str(file)], f"--out {str(file)!r} is an existing file; give a directory"),
-        (["train-bc", "--data", str(folder)], f"--data {str(folder)!r} is a directory; give an existing file"),
+        (["train-bc", "--data", str(folder)], f"--data {str(folder)!r} is a directory without index.h5; give a demo file"),
         (["train-ppo", "--out", str(read_only / "run")], f"directory {str(read_only)!r} is not writable"),
         (["train-ppo", "--init", str(tmp / "none.pt")], f"--init {str(tmp / 'none.pt')!r} does not exist; give an existing file"),
         (["benchmark", "--policies", "scripted", "--out", str(file)], f"--out {str(file)!r} is an existing file"),
@@ -365,23 +365,12 @@ def _start_collect(out: Path, episodes: int) -> subprocess.Popen:
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def _wait_for_episodes(out: Path, process: subprocess.Popen, count: int) -> None:
-    index = partial_dir(out) / ATTEMPTS_FILE
-    deadline = time.monotonic() + SUBPROCESS_TIMEOUT
-    while time.monotonic() < deadline and process.poll() is None:
-        if index.exists() and len(index.read_text().splitlines()) >= count:
-            return
-        time.sleep(0.05)
-    process.kill()
-    pytest.fail(f"the collection recorded no episode in time: {process.communicate()[1][-2000:]}")
-
-
 def test_a_killed_collection_resumes_to_the_same_file(tmp_path, capsys):
     episodes = 6
     outs = {sig: tmp_path / f"{sig.name}.h5" for sig in (signal.SIGTERM, signal.SIGKILL)}
     processes = {sig: _start_collect(out, episodes) for sig, out in outs.items()}
     for sig, process in processes.items():
-        _wait_for_episodes(outs[sig], process, 1)
+        wait_for_lines(partial_dir(outs[sig]) / ATTEMPTS_FILE, process, 1, SUBPROCESS_TIMEOUT)
         process.send_signal(sig)
     _, err = processes[signal.SIGTERM].communicate(timeout=SUBPROCESS_TIMEOUT)
     processes[signal.SIGKILL].communicate(timeout=SUBPROCESS_TIMEOUT)

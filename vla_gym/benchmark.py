@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_gym.backends import Backend, make_backend
 from vla_gym.envs.registration import DEFAULT_ENV_ID
 from vla_gym.fileio import atomic_write_bytes, atomic_write_text, sweep_stale_temps
 from vla_gym.rundir import OutputError, check_output_dir, staged_files
@@ -126,6 +127,10 @@ class BenchmarkConfig:
             defaults to the checkpoints'.
         workers: worker processes (``<= 1`` runs in this process).
         device: torch device of the network policies in the workers.
+        backend: ``"local"`` (worker processes here) or ``"ray"`` (see :mod:`vla_gym.backends`);
+            the same episodes either way.
+        ray_address: with ``backend="ray"``: ``None`` starts Ray here, else ``"auto"`` or
+            ``"HOST:PORT"`` of a running cluster.
         progress: show a progress bar.
         overwrite: replace a benchmark in ``out`` made with other arguments (else refused);
             the new files are built aside and moved in when complete.
@@ -142,6 +147,8 @@ class BenchmarkConfig:
     device: str = "cpu"
     progress: bool = True
     overwrite: bool = False
+    backend: str = "local"
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.policies, str):
@@ -163,6 +170,13 @@ class BenchmarkConfig:
             raise ValueError(f"env_kwargs {clash} are set by the benchmark's splits; remove them")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        from vla_gym.backends import BACKENDS, check_ray_address
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        if self.ray_address is not None and self.backend != "ray":
+            raise ValueError("ray_address needs backend='ray'")
+        check_ray_address(self.ray_address)
 
 
 @dataclass
@@ -293,13 +307,17 @@ def split_env_kwargs(base: dict[str, Any], split: str) -> dict[str, Any]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(threads: int | None = 1) -> None:
-    """Set up a worker; ``threads`` caps torch's threads (the workers share the cores)."""
+def _init_worker(threads: int | None = 1, files: dict[str, bytes] | None = None) -> None:
+    """Set up a worker; ``threads`` caps torch's threads (the workers share the cores);
+    ``files``: checkpoints shipped to a Ray worker (see :func:`vla_gym.backends.ship_files`)."""
+    from vla_gym.backends import local_copies
+
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     _WORKER.clear()
+    _WORKER["paths"] = local_copies(files)
 
 
 def _env(env_id: str, kwargs: dict[str, Any]):
@@ -324,7 +342,8 @@ def _policy(task: dict[str, Any], env, seed: int):
         return policy_from_spec(spec, env)  # bound to its env: cheap to build
     policies = _WORKER.setdefault("policies", {})
     if spec not in policies:
-        policies[spec] = policy_from_spec(spec, env, device=task["device"])
+        path = _WORKER.get("paths", {}).get(spec, spec)
+        policies[spec] = policy_from_spec(path, env, device=task["device"])
     return policies[spec]
 
 
@@ -358,23 +377,17 @@ def _chunks(seeds: Sequence[int], size: int) -> Iterator[list[int]]:
         yield list(seeds[start:start + size])
 
 
-def _results(tasks: list[dict[str, Any]], workers: int) -> Iterator[list[dict[str, Any]]]:
-    if workers <= 1 or len(tasks) <= 1:
-        _init_worker(threads=None)
-        try:
-            for task in tasks:
-                yield _run_task(task)
-        finally:
-            _close_worker()
-        return
-    import multiprocessing as mp
+def _results(tasks: list[dict[str, Any]], backend: Backend) -> Iterator[list[dict[str, Any]]]:
+    """Each task's records, as the tasks finish, from ``backend``."""
+    from vla_gym.backends import ship_files
 
-    pool = mp.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_init_worker)
-    try:
-        yield from pool.imap_unordered(_run_task, tasks, chunksize=1)
-    finally:
-        pool.terminate()
-        pool.join()
+    # In this process: leave torch's threads alone. On Ray: the checkpoints travel with the
+    # job (the nodes need not share a disk).
+    files = ship_files(t["spec"] for t in tasks) if backend.name == "ray" else None
+    setup_args = (None, files) if backend.in_process else (1, files)
+    for _, records in backend.imap_unordered(_run_task, tasks, setup=_init_worker, setup_args=setup_args,
+                                             teardown=_close_worker):
+        yield records
 
 
 # --------------------------------------------------------------------------- statistics
@@ -512,23 +525,29 @@ def _run_into(
     atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
     tasks = _tasks(config, policies, base, seeds, done)
     start = time.perf_counter()
-    bar = tqdm(total=len(policies) * len(config.splits) * len(seeds), initial=len(records), unit="ep",
-               desc="benchmark", disable=not config.progress)
-    try:
-        with open(log_path, "a") as log:
-            for chunk_records in _results(tasks, config.workers):
-                for record in chunk_records:
-                    log.write(json.dumps(record) + "\n")
-                log.flush()
-                records.extend(chunk_records)
-                bar.update(len(chunk_records))
-    finally:
-        bar.close()
-        seconds = earlier_seconds + time.perf_counter() - start  # summed over attempts
-        _save_state(out, identity, seconds)
+    with make_backend(config.backend, config.workers if len(tasks) > 1 else 1, config.ray_address) as backend:
+        bar = tqdm(total=len(policies) * len(config.splits) * len(seeds), initial=len(records), unit="ep",
+                   desc="benchmark", disable=not config.progress)
+        try:
+            _log_results(log_path, _results(tasks, backend), records, bar)
+        finally:
+            bar.close()
+            seconds = earlier_seconds + time.perf_counter() - start  # summed over attempts
+            _save_state(out, identity, seconds)
     report = build_report(config, policies, base, records, seconds, episodes_run=sum(len(t["seeds"]) for t in tasks))
     write_report(out, report)
     return report
+
+
+def _log_results(log_path: Path, results: Iterator[list[dict[str, Any]]], records: list[dict[str, Any]], bar) -> None:
+    """Append each finished chunk's records to the episode log (flushed: an interruption keeps them)."""
+    with open(log_path, "a") as log:
+        for chunk_records in results:
+            for record in chunk_records:
+                log.write(json.dumps(record) + "\n")
+            log.flush()
+            records.extend(chunk_records)
+            bar.update(len(chunk_records))
 
 
 def build_report(
@@ -570,6 +589,7 @@ def build_report(
         "targets": targets,
         "deterministic_actions": True,
         "workers": config.workers,
+        "backend": config.backend,
         "device": config.device,
         "seconds": seconds,  # running episodes, summed over attempts
         "episodes": len(records),
@@ -594,6 +614,10 @@ def benchmark_command(config: BenchmarkConfig) -> str:
     if config.env_kwargs:
         parts.append(f"--env-kwargs {q(json.dumps(config.env_kwargs))}")
     parts.append(f"--workers {config.workers}")
+    if config.backend != "local":
+        parts.append(f"--backend {config.backend}")
+        if config.ray_address is not None:
+            parts.append(f"--ray-address {q(config.ray_address)}")
     return " ".join(parts)
 
 

@@ -24,6 +24,7 @@ from vla_gym.cli_checks import (
     FRACTION,
     LEARNING_RATE,
     MAX_BATCH_SIZE,
+    MAX_EPISODES,
     MAX_COEF,
     MAX_EPOCHS,
     MAX_N_ENVS,
@@ -170,6 +171,27 @@ def _render_arguments(p: argparse.ArgumentParser) -> None:
                    help="agent: RGB and depth the policy sees; viewer: the third-person rgb_array view")
 
 
+def _ray_address(text: str) -> str:
+    """argparse type: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` (checked without importing Ray)."""
+    from vla_gym.backends import BackendError, check_ray_address
+
+    try:
+        return check_ray_address(text)
+    except BackendError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _backend_arguments(p: argparse.ArgumentParser, what: str = "episodes") -> None:
+    from vla_gym.backends import BACKENDS
+
+    p.add_argument("--backend", choices=BACKENDS, default="local",
+                   help=f"where the {what} run: local (worker processes here, the default) or ray "
+                        '(needs pip install -e ".[ray]")')
+    p.add_argument("--ray-address", type=_ray_address, default=None,
+                   help="with --backend ray: auto (the Ray started here by `ray start`) or HOST:PORT of a "
+                        "running cluster; default: start Ray on this machine for the job")
+
+
 def _collect_arguments(p: argparse.ArgumentParser) -> None:
     from vla_gym.data.collect import DEFAULT_NOISE_STD
 
@@ -183,9 +205,16 @@ def _collect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-failures", action="store_true", help="keep failed episodes too (success=False)")
     p.add_argument("--valid-fraction", type=float_option(0.0, 1.0, high_open=True), default=0.1,
                    help="share of episodes in mask/valid")
-    p.add_argument("--out", required=True, help="HDF5 file to write (replaced atomically)")
+    p.add_argument("--out", required=True,
+                   help="HDF5 file to write (replaced atomically); with --shards, a directory")
+    p.add_argument("--shards", action="store_true",
+                   help="write --out as a directory of shard files plus index.h5 (read like one demo file)")
+    p.add_argument("--shard-episodes", type=int_option(1, MAX_EPISODES), default=None,
+                   help="with --shards: attempts per shard (default 50)")
+    _backend_arguments(p)
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted collection into --out (its episodes wait beside it in .OUT.partial/)")
+                   help="continue an interrupted collection into --out (its shards wait beside it in .OUT.partial/, "
+                        "or in the --shards directory)")
     _add_overwrite(p, "demo file (or interrupted collection)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -279,6 +308,8 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video", default=None, help="record the first episodes to this .mp4")
     p.add_argument("--video-episodes", type=int_option(1, 1000), default=3)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--workers", type=WORKERS, default=1, help="worker processes (<= 1: in this process)")
+    _backend_arguments(p)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -297,6 +328,7 @@ def _benchmark_arguments(p: argparse.ArgumentParser) -> None:
                    help="JSON object of base env kwargs (not the split keys); image_size defaults to the checkpoints'")
     p.add_argument("--workers", type=WORKERS, default=None, help="worker processes (default: all cores)")
     p.add_argument("--device", default="cpu", help="torch device of the network policies in the workers")
+    _backend_arguments(p)
     _add_overwrite(p, "benchmark made with other arguments")
     p.add_argument("--no-progress", action="store_true")
 
@@ -350,7 +382,8 @@ def _run_collect(args: argparse.Namespace) -> None:
     config = CollectConfig(
         out=args.out, env_id=args.env, episodes=args.episodes, workers=args.workers, seed=args.seed,
         noise_std=args.noise_std, keep_failures=args.keep_failures, valid_fraction=args.valid_fraction,
-        env_kwargs=args.env_kwargs,
+        env_kwargs=args.env_kwargs, backend=args.backend, ray_address=args.ray_address, shards=args.shards,
+        shard_episodes=args.shard_episodes,
     )
     print(collect_demos(config, progress=not args.no_progress, resume=args.resume, keep_partial=True).summary())
 
@@ -457,7 +490,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         args.policy, env_id=args.env, episodes=args.episodes, seed=args.seed, json_path=args.json,
         video_path=args.video, video_episodes=args.video_episodes, device=args.device,
         env_kwargs=args.env_kwargs, target=args.target, swap_target=args.swap_target,
-        progress=not args.no_progress,
+        progress=not args.no_progress, workers=args.workers, backend=args.backend, ray_address=args.ray_address,
     )
     print(f"{args.policy} on {args.env}: {result.summary()}")
     print(result.per_target_summary())
@@ -470,7 +503,8 @@ def _run_benchmark(args: argparse.Namespace) -> None:
         policies=args.policies, out=args.out, episodes=args.episodes, seed=args.seed,
         splits=[s.strip() for s in args.splits.split(",") if s.strip()], env_id=args.env,
         env_kwargs=args.env_kwargs or {}, device=args.device, progress=not args.no_progress,
-        overwrite=args.overwrite, **({} if args.workers is None else {"workers": args.workers}),
+        overwrite=args.overwrite, backend=args.backend, ray_address=args.ray_address,
+        **({} if args.workers is None else {"workers": args.workers}),
     )
     report = run_benchmark(config)
     print(f"{args.out}: benchmark.md, benchmark.json, benchmark.png ({report['seconds']:.0f} s)")
@@ -566,6 +600,7 @@ def train_agent_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-workers", type=int_option(1, MAX_WORKERS), default=None,
                         help="evaluation worker processes")
     parser.add_argument("--eval-episodes", type=EPISODES, default=None, help="report episodes per policy and split")
+    _backend_arguments(parser, "demo collection and evaluation")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -574,7 +609,7 @@ def train_agent_main(argv: Sequence[str] | None = None) -> int:
             config = AgentConfig.from_preset(
                 args.preset, out=args.out, env_id=args.env, device=args.device, seed=args.seed,
                 demo_workers=args.demo_workers, eval_workers=args.eval_workers, eval_episodes=args.eval_episodes,
-                progress=not args.no_progress,
+                backend=args.backend, ray_address=args.ray_address, progress=not args.no_progress,
             )
             report = train_agent(config)
     except USER_ERRORS as err:

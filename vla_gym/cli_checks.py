@@ -168,15 +168,45 @@ def _checks_render(args: argparse.Namespace) -> None:
         )
 
 
+def check_backend(args: argparse.Namespace) -> None:
+    """``--ray-address`` goes with ``--backend ray``, and Ray is installed for it."""
+    backend, address = getattr(args, "backend", "local"), getattr(args, "ray_address", None)
+    if address is not None and backend != "ray":
+        raise OptionError(f"--ray-address {address!r} needs --backend ray")
+    if backend == "ray":
+        from vla_gym.backends import check_ray_reachable, import_ray
+
+        import_ray()
+        check_ray_reachable(address)
+
+
+def check_demo_input(path: str | os.PathLike | None, option: str) -> None:
+    """A demo file, or a shard directory from ``vla-gym collect --shards`` (its content is
+    checked when read)."""
+    if path is None:
+        return
+    if not Path(path).exists():
+        raise OptionError(f"{option} {str(path)!r} does not exist; give a demo file or shard directory "
+                          "from `vla-gym collect`")
+    from vla_gym.data.format import SHARD_INDEX_FILE
+
+    if Path(path).is_dir() and not (Path(path) / SHARD_INDEX_FILE).is_file():
+        raise OptionError(f"{option} {str(path)!r} is a directory without {SHARD_INDEX_FILE}; give a demo file or "
+                          "the directory of a finished `vla-gym collect --shards`")
+
+
 def _checks_collect(args: argparse.Namespace) -> None:
     from vla_gym.data.collect import claim_collect_output
 
+    if args.shard_episodes is not None and not args.shards:
+        raise OptionError("--shard-episodes needs --shards (a single --out file is not sharded)")
+    check_backend(args)
     check_env_kwargs(args.env, args.env_kwargs)
-    claim_collect_output(args.out, "--out", resume=args.resume, overwrite=args.overwrite)
+    claim_collect_output(args.out, "--out", resume=args.resume, overwrite=args.overwrite, shards=args.shards)
 
 
 def _checks_train_bc(args: argparse.Namespace) -> None:
-    check_input_file(args.data, "--data")
+    check_demo_input(args.data, "--data")
     if args.env_kwargs is not None and args.env is None:
         from vla_gym.data.dataset import read_env_args
 
@@ -202,7 +232,7 @@ def _image_size_of_policy(args: argparse.Namespace) -> tuple[int, str]:
 
 def _checks_train_ppo(args: argparse.Namespace) -> None:
     check_input_file(args.init, "--init")
-    check_input_file(args.bc_data, "--bc-data")
+    check_demo_input(args.bc_data, "--bc-data")
     check_env_kwargs(args.env, args.env_kwargs)
     if args.bc_data is not None:
         from vla_gym.data.dataset import read_env_args
@@ -220,6 +250,7 @@ def _checks_train_ppo(args: argparse.Namespace) -> None:
 
 
 def _checks_evaluate(args: argparse.Namespace) -> None:
+    check_backend(args)
     check_env_kwargs(args.env, args.env_kwargs)
     check_output_file(args.json, "--json")
     check_output_file(args.video, "--video")
@@ -230,6 +261,7 @@ def _checks_evaluate(args: argparse.Namespace) -> None:
 
 
 def _checks_benchmark(args: argparse.Namespace) -> None:
+    check_backend(args)
     check_env_kwargs(args.env, args.env_kwargs)
     check_output_dir(args.out, "--out")
 

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,18 @@ class EvalResult:
     mean_length: float
     per_target: dict[str, dict[str, int]] = field(default_factory=dict)
     episodes_log: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_episodes(cls, log: Sequence[Mapping[str, Any]]) -> EvalResult:
+        """The result of these episode records (:attr:`episodes_log` entries, in order)."""
+        per_target: dict[str, dict[str, int]] = {}
+        for record in log:
+            cell = per_target.setdefault(record["target"], {"episodes": 0, "successes": 0})
+            cell["episodes"] += 1
+            cell["successes"] += bool(record["success"])
+        lengths = sum(int(r["length"]) for r in log)
+        return cls(len(log), sum(bool(r["success"]) for r in log), lengths / max(len(log), 1), per_target,
+                   [dict(r) for r in log])
 
     def per_task_stats(self) -> dict[str, dict[str, Any]]:
         """Per task (sorted): episodes, successes, success_rate, ci95 [lo, hi], and the mean
@@ -313,6 +325,8 @@ def evaluate(
     try:
         for index, seed in enumerate(seeds):
             obs, info = env.reset(seed=seed, options=_reset_options(options, seed, index))
+            if hasattr(policy, "seed_episode"):  # e.g. random actions: drawn per episode, whoever runs it
+                policy.seed_episode(seed)
             colour, instruction = info["target"]["colour"], info["instruction"]
             record = recorder is not None and index < video_episodes
             episode = f"episode {index + 1} seed {seed}"
@@ -380,6 +394,11 @@ class RandomPolicy:
     def __init__(self, action_space: gym.Space, seed: int | None = 0) -> None:
         self.action_space = action_space
         self.action_space.seed(seed)
+
+    def seed_episode(self, seed: int) -> None:
+        """Draw this episode's actions from ``seed`` (:func:`evaluate` calls it at each reset),
+        so an episode's actions do not depend on the episodes run before it in this process."""
+        self.action_space.seed(int(seed))
 
     def predict(
         self, observation: Any = None, state: Any = None, episode_start: Any = None, deterministic: bool = True
@@ -464,6 +483,80 @@ def _seeds_with_target(env: gym.Env, colour: str, first_seed: int, episodes: int
     return seeds
 
 
+#: Seeds per backend item: several per worker, so the workers finish close together.
+CHUNKS_PER_WORKER = 4
+_WORKER: dict[str, Any] = {}
+
+
+def _init_eval_worker(files: dict[str, bytes] | None = None) -> None:
+    """A backend worker: torch on one thread (the workers share the cores); ``files``: the
+    checkpoint shipped to a Ray worker (see :func:`vla_gym.backends.ship_files`)."""
+    import torch
+
+    from vla_gym.backends import local_copies
+
+    torch.set_num_threads(1)
+    _WORKER.clear()
+    _WORKER["paths"] = local_copies(files)
+
+
+def _close_eval_worker() -> None:
+    env = _WORKER.pop("env", None)
+    if env is not None:
+        env.close()
+    for key in ("key", "policy"):
+        _WORKER.pop(key, None)
+
+
+def _evaluate_chunk(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """Episode records of one chunk of seeds (run by a backend worker; env and policy are
+    built once per worker and job)."""
+    job = item["job"]
+    key = json.dumps([job["env_id"], job["env_kwargs"], job["policy"], job["device"], job["seed"]], sort_keys=True)
+    if _WORKER.get("key") != key:
+        _close_eval_worker()
+        env = gym.make(job["env_id"], **job["env_kwargs"])
+        spec = _WORKER.get("paths", {}).get(job["policy"], job["policy"])
+        _WORKER.update(key=key, env=env, policy=policy_from_spec(spec, env, device=job["device"], seed=job["seed"]))
+    env, start = _WORKER["env"], item["start"]
+    if job["swap_target"]:
+        swapped = swapped_target_options(env)
+        options: ResetOptions | None = lambda seed, index: swapped(seed, start + index)  # noqa: E731
+    else:
+        options = {"target": job["target"]} if job["target"] is not None else None
+    return evaluate(env, lambda e: _WORKER["policy"], item["seeds"], options=options).episodes_log
+
+
+def _evaluate_on_backend(
+    job: dict[str, Any], seeds: list[int], first_index: int, workers: int, backend: str, ray_address: str | None,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Episode records of ``seeds`` (in order), run in chunks on a backend."""
+    from vla_gym.backends import make_backend, ship_files
+
+    if not seeds:
+        return []
+    files = ship_files([job["policy"]]) if backend == "ray" else None  # Ray nodes need not share a disk
+    size = max(1, math.ceil(len(seeds) / (CHUNKS_PER_WORKER * max(workers, 1))))
+    items = [{"job": job, "seeds": seeds[i:i + size], "start": first_index + i} for i in range(0, len(seeds), size)]
+    logs: list[list[dict[str, Any]]] = [[] for _ in items]
+    done = successes = 0
+    with make_backend(backend, workers, ray_address) as runner:  # a backend that cannot start fails here
+        bar = _progress_bar(len(seeds)) if progress else None
+        try:
+            for index, log in runner.imap_unordered(_evaluate_chunk, items, setup=_init_eval_worker,
+                                                    setup_args=(files,), teardown=_close_eval_worker):
+                logs[index] = log
+                done, successes = done + len(log), successes + sum(bool(r["success"]) for r in log)
+                if bar is not None:
+                    bar.set_postfix(success=f"{successes / done:.1%}", refresh=False)
+                    bar.update(len(log))
+        finally:
+            if bar is not None:
+                bar.close()
+    return [record for log in logs for record in log]
+
+
 def run_evaluation(
     policy: str,
     env_id: str = DEFAULT_ENV_ID,
@@ -477,6 +570,9 @@ def run_evaluation(
     target: str | None = None,
     progress: bool = True,
     swap_target: bool = False,
+    workers: int = 1,
+    backend: str = "local",
+    ray_address: str | None = None,
 ) -> EvalResult:
     """Evaluate the policy ``policy`` (see :func:`policy_from_spec`) on ``env_id``, deterministically.
 
@@ -489,6 +585,10 @@ def run_evaluation(
     Writes ``json_path`` (result plus metadata: env_id, env_kwargs, policy, seeds, ...) and
     an MP4 of the first ``video_episodes`` episodes to ``video_path`` if given. Backs
     ``vla-gym evaluate``.
+
+    With ``workers > 1`` or ``backend="ray"`` (see :mod:`vla_gym.backends`) the seeds are
+    run in chunks by the backend's workers (the video's episodes in this process); each
+    episode depends on its seed alone, so the result is the same.
     """
     if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ValueError(f"episodes must be an int >= 1, got {episodes!r}")
@@ -514,16 +614,26 @@ def run_evaluation(
             seeds, options = list(range(seed, seed + episodes)), None
         else:
             seeds, options = _seeds_with_target(env, target, seed, episodes), {"target": target}
-        result = evaluate(
-            env,
-            lambda e: policy_from_spec(policy, e, device=device, seed=seed),
-            seeds,
-            deterministic=True,
-            options=options,
-            video_path=video_path,
-            video_episodes=video_episodes,
-            progress=progress,
-        )
+        if workers <= 1 and backend == "local":
+            result = evaluate(
+                env,
+                lambda e: policy_from_spec(policy, e, device=device, seed=seed),
+                seeds,
+                deterministic=True,
+                options=options,
+                video_path=video_path,
+                video_episodes=video_episodes,
+                progress=progress,
+            )
+        else:
+            job = {"policy": policy, "env_id": env_id, "env_kwargs": env_kwargs, "device": device, "seed": seed,
+                   "swap_target": swap_target, "target": target}
+            recorded = min(video_episodes, len(seeds)) if video_path is not None else 0
+            head = evaluate(env, lambda e: policy_from_spec(policy, e, device=device, seed=seed), seeds[:recorded],
+                            options=options, video_path=video_path, video_episodes=video_episodes) if recorded else None
+            log = list(head.episodes_log) if head is not None else []
+            log += _evaluate_on_backend(job, seeds[recorded:], recorded, workers, backend, ray_address, progress)
+            result = EvalResult.from_episodes(log)
     finally:
         env.close()
     if json_path is not None:

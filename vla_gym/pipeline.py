@@ -20,14 +20,13 @@ import dataclasses
 import json
 import shlex
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from vla_gym.envs.registration import DEFAULT_ENV_ID
-from vla_gym.fileio import atomic_write_text
+from vla_gym.fileio import atomic_write_bytes, atomic_write_text
 
 #: Evaluation seeds of the report: the same block as the BC benchmark, used by no training
 #: stage (demos use 0+, BC rollout checks 10000000+, PPO's checkpoint choice 300000+).
@@ -44,7 +43,7 @@ SPLITS = ("train", "test")  # the default
 STAGES = ("demos", "bc", "ppo", "evaluation")
 VIDEO_FILE = "final_policy.mp4"
 #: Fields of the config that may change when a run is continued.
-RESUMABLE_CHANGES = frozenset({"device", "progress", "eval_workers"})
+RESUMABLE_CHANGES = frozenset({"device", "progress", "eval_workers", "backend", "ray_address"})
 
 #: ``quick`` runs in minutes on a laptop CPU (a smoke test of the whole pipeline);
 #: ``full`` is the configuration behind the figures in benchmarks/RESULTS.md.
@@ -100,6 +99,10 @@ class AgentConfig:
         device: torch device for BC and PPO ("auto": CUDA when present).
         seed: seeds collection, BC and PPO.
         progress: show progress bars.
+        backend: where collection and evaluation run: ``"local"`` (worker processes here)
+            or ``"ray"`` (see :mod:`vla_gym.backends`); the same episodes either way.
+        ray_address: with ``backend="ray"``: ``None`` starts Ray here, else ``"auto"`` or
+            ``"HOST:PORT"`` of a running cluster.
     """
 
     out: str = "runs/agent"
@@ -117,8 +120,17 @@ class AgentConfig:
     device: str = "auto"
     seed: int = 0
     progress: bool = True
+    backend: str = "local"
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
+        from vla_gym.backends import BACKENDS, check_ray_address
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        if self.ray_address is not None and self.backend != "ray":
+            raise ValueError("ray_address needs backend='ray'")
+        check_ray_address(self.ray_address)
         for name in ("demo_episodes", "eval_episodes", "eval_workers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -265,7 +277,8 @@ def _run_demos(config: AgentConfig, out: Path) -> str:
 
     result = collect_demos(
         CollectConfig(out=str(out / "demos.h5"), env_id=config.env_id, episodes=config.demo_episodes,
-                      workers=config.demo_workers, seed=config.seed),
+                      workers=config.demo_workers, seed=config.seed, backend=config.backend,
+                      ray_address=config.ray_address),
         progress=config.progress, resume=True, keep_partial=True,  # a killed collection continues on rerun
     )
     return result.summary()
@@ -300,22 +313,55 @@ def _cell_path(out: Path, policy: str, split: str) -> Path:
     return out / "eval" / f"{policy.replace('+', '_')}_{split}.json"
 
 
-def _evaluate_cell(task: dict[str, Any]) -> str:
-    """One policy on one instruction split (run in a worker process)."""
+_SHIPPED: dict[str, str] = {}
+
+
+def _init_cell_worker(files: dict[str, bytes] | None = None) -> None:
+    """A backend worker of the evaluation stage: ``files`` are the checkpoints shipped to a
+    Ray worker (see :func:`vla_gym.backends.ship_files`)."""
+    from vla_gym.backends import local_copies
+
+    _SHIPPED.clear()
+    _SHIPPED.update(local_copies(files))
+
+
+def _evaluate_cell(task: dict[str, Any]) -> dict[str, Any]:
+    """One policy on one instruction split (run by a backend worker, here or on a Ray node):
+    the result's JSON text and the video's bytes, which the caller writes (the worker's
+    disk need not be this machine's)."""
+    import tempfile
+
     import torch
 
-    from vla_gym.evaluation import run_evaluation
+    from vla_gym.evaluation import json_default, run_evaluation
 
     torch.set_num_threads(1)  # the workers share the cores
-    run_evaluation(
-        task["spec"], env_id=task["env_id"], episodes=task["episodes"], seed=task["seed"],
-        json_path=task["json"], video_path=task["video"], video_episodes=task["video_episodes"],
-        device="cpu", env_kwargs=task["env_kwargs"], progress=False,
-    )
-    return task["json"]
+    with tempfile.TemporaryDirectory(prefix="vla_gym_eval_") as tmp:
+        json_path = Path(tmp) / "cell.json"
+        video_path = Path(tmp) / VIDEO_FILE if task["video"] is not None else None
+        run_evaluation(
+            _SHIPPED.get(task["spec"], task["spec"]), env_id=task["env_id"], episodes=task["episodes"], seed=task["seed"],
+            json_path=json_path, video_path=video_path, video_episodes=task["video_episodes"],
+            device="cpu", env_kwargs=task["env_kwargs"], progress=False,
+        )
+        video = video_path.read_bytes() if video_path is not None else None
+        result = json.loads(json_path.read_text())
+    # Where the caller puts the video, and the checkpoint as the caller names it (not a worker's copies).
+    result["metadata"].update(video_path=task["video"], policy=task["spec"])
+    text = json.dumps(result, indent=2, default=json_default) + "\n"
+    return {"json": task["json"], "text": text, "video": task["video"], "video_bytes": video}
+
+
+def _save_cell(cell: dict[str, Any]) -> None:
+    """Write a finished cell's files (atomically; the video before the JSON that marks it done)."""
+    if cell["video"] is not None:
+        atomic_write_bytes(Path(cell["video"]), cell["video_bytes"])
+    atomic_write_text(Path(cell["json"]), cell["text"])
 
 
 def _run_evaluation(config: AgentConfig, out: Path) -> str:
+    from vla_gym.backends import make_backend, ship_files
+
     tasks = []
     for policy in POLICIES:
         for split in config.splits:
@@ -331,15 +377,12 @@ def _run_evaluation(config: AgentConfig, out: Path) -> str:
     (out / "eval").mkdir(exist_ok=True)
     # The slowest cells (the network policies and random's full-length episodes) first.
     tasks.sort(key=lambda t: t["spec"] == "scripted")
-    if config.eval_workers > 1 and len(tasks) > 1:
-        import multiprocessing
-
-        with ProcessPoolExecutor(config.eval_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for path in _progress(pool.map(_evaluate_cell, tasks), len(tasks), config.progress):
-                pass
-    else:
-        for task in _progress(tasks, len(tasks), config.progress):
-            _evaluate_cell(task)
+    workers = config.eval_workers if len(tasks) > 1 else 1
+    files = ship_files(t["spec"] for t in tasks) if config.backend == "ray" else None
+    with make_backend(config.backend, workers, config.ray_address) as backend:
+        cells = backend.imap_unordered(_evaluate_cell, tasks, setup=_init_cell_worker, setup_args=(files,))
+        for _, cell in _progress(cells, len(tasks), config.progress):
+            _save_cell(cell)
     return f"{len(POLICIES)} policies x {len(config.splits)} splits x {config.eval_episodes} episodes"
 
 

@@ -18,6 +18,7 @@ _LAZY = {
     "open_demo_file": "vla_gym.data.dataset",
     "paraphrase_instruction": "vla_gym.data.dataset",
     "read_env_args": "vla_gym.data.dataset",
+    "resolve_demo_path": "vla_gym.data.dataset",
 }
 
 __all__ = ["CollectConfig", "CollectResult", "DatasetError", "collect_demos", *_LAZY]

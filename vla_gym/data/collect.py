@@ -1,17 +1,16 @@
-"""Record scripted-expert demonstrations into one HDF5 file, in parallel worker processes."""
+"""Record scripted-expert demonstrations into one HDF5 file or a directory of shards, on a
+backend of parallel workers (:mod:`vla_gym.backends`: processes here, or Ray)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-import multiprocessing as mp
 import os
 import shutil
 import time
 import warnings
 import zlib
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,11 +28,13 @@ from vla_gym.data.format import (
     env_args,
     held_out_splits,
     POSITIONS_SUFFIX,
+    SHARD_INDEX_FILE,
     role_positions_key,
 )
+from vla_gym.backends import BACKENDS, Backend, check_ray_address, make_backend
 from vla_gym.cli_checks import MAX_EPISODES
 from vla_gym.fileio import FILE_MODE, TEMP_MARK, append_jsonl, atomic_path, atomic_write_text, sweep_stale_temps
-from vla_gym.rundir import OutputError, check_output_file
+from vla_gym.rundir import OutputError, check_output_dir, check_output_file
 
 #: Second entry of the expert-noise seed ``[episode_seed, NOISE_STREAM]``, so the noise
 #: stream differs from the env's own stream seeded by ``episode_seed``.
@@ -57,7 +58,15 @@ ATTEMPTS_FILE = "attempts.jsonl"
 IDENTITY_FILE = "collect.json"
 LOCK_FILE = "lock"
 EPISODE_FILE_PREFIX = "attempt_"
-EPISODE_GROUP = "episode"
+#: Shard files (``shard_<k>.h5``) hold their kept episodes under this group.
+SHARD_PREFIX = "shard_"
+SHARD_GROUP = "episodes"
+#: The index of a finished shard directory: the demo-file layout, episodes linked into the shards.
+INDEX_FILE = SHARD_INDEX_FILE
+#: Attempts per shard of a ``--shards`` directory (a kill loses at most the unwritten shard).
+DEFAULT_SHARD_EPISODES = 50
+#: Config fields that do not change the episodes (where they go, who records them).
+NOT_IDENTITY = ("out", "workers", "backend", "ray_address", "shards", "shard_episodes")
 
 
 @dataclass
@@ -74,6 +83,11 @@ class CollectConfig:
         keep_failures: also keep episodes the expert failed (with ``success=False``).
         valid_fraction: share of the kept episodes listed in ``mask/valid``.
         env_kwargs: extra kwargs for ``gym.make``.
+        backend: ``"local"`` (worker processes here) or ``"ray"`` (see :mod:`vla_gym.backends`).
+        ray_address: with ``backend="ray"``: ``None`` starts Ray here, ``"auto"`` or
+            ``"HOST:PORT"`` joins a running cluster.
+        shards: write ``out`` as a directory of shards plus ``index.h5`` instead of one file.
+        shard_episodes: attempts per shard with ``shards`` (default :data:`DEFAULT_SHARD_EPISODES`).
     """
 
     out: str
@@ -85,8 +99,22 @@ class CollectConfig:
     keep_failures: bool = False
     valid_fraction: float = 0.1
     env_kwargs: dict[str, Any] | None = None
+    backend: str = "local"
+    ray_address: str | None = None
+    shards: bool = False
+    shard_episodes: int | None = None
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        if self.ray_address is not None and self.backend != "ray":
+            raise ValueError("ray_address needs backend='ray'")
+        check_ray_address(self.ray_address)
+        if self.shard_episodes is not None:
+            if not self.shards:
+                raise ValueError("shard_episodes needs shards=True (a single-file output is not sharded)")
+            if isinstance(self.shard_episodes, bool) or not isinstance(self.shard_episodes, int) or self.shard_episodes < 1:
+                raise ValueError(f"shard_episodes must be an int >= 1, got {self.shard_episodes!r}")
         if isinstance(self.episodes, bool) or not isinstance(self.episodes, (int, np.integer)) or not (
             1 <= self.episodes <= MAX_EPISODES
         ):
@@ -236,49 +264,30 @@ def _dataset_name(key: str) -> str:
     return f"states/{key}" if key.endswith(POSITIONS_SUFFIX) else key
 
 
-def _ordered_results(pool: Any, seeds: Iterable[int], window: int) -> Iterator[dict[str, Any]]:
-    """``pool.imap(_record_episode, seeds)`` with at most ``window`` episodes handed out ahead
-    (``imap`` would read all of ``seeds`` into its task queue at once)."""
-    pending: deque = deque()
-    for seed in seeds:
-        pending.append(pool.apply_async(_record_episode, (seed,)))
-        if len(pending) >= window:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
-
-
-def _episode_results(config: CollectConfig, seeds: Iterable[int]) -> Iterator[dict[str, Any]]:
-    if config.workers <= 1:
-        _init_worker(config.env_id, config.env_kwargs, config.noise_std)
-        try:
-            for seed in seeds:
-                yield _record_episode(seed)
-        finally:
-            _close_worker()
-        return
-    context = mp.get_context("spawn")  # no PyBullet client or torch threads inherited by a fork
-    pool = context.Pool(
-        config.workers, initializer=_init_worker, initargs=(config.env_id, config.env_kwargs, config.noise_std)
+def _episode_results(config: CollectConfig, seeds: Iterable[int], backend: Backend) -> Iterator[dict[str, Any]]:
+    """The expert's episodes of ``seeds``, in order, from ``backend``."""
+    yield from backend.imap(
+        _record_episode, seeds, setup=_init_worker, setup_args=(config.env_id, config.env_kwargs, config.noise_std),
+        teardown=_close_worker, window=PREFETCH_PER_WORKER * max(backend.workers, 1),
     )
-    try:
-        yield from _ordered_results(pool, seeds, PREFETCH_PER_WORKER * config.workers)
-    finally:
-        pool.terminate()
-        pool.join()
 
 
-# --- the sidecar of an unfinished collection -------------------------------------------------
+# --- shards: the episodes of a collection under way -------------------------------------------
 def partial_dir(out: str | os.PathLike) -> Path:
-    """``.<name>.partial/`` beside the output ``out``: the episodes of an unfinished collection."""
+    """``.<name>.partial/`` beside the output file ``out``: the shards of an unfinished collection."""
     out = Path(out)
     return out.parent / f".{out.name}{PARTIAL_MARK}"
 
 
+def attempt_name(index: int) -> str:
+    """The group of attempt ``index`` in its shard: ``episodes/attempt_<index>``."""
+    return f"{EPISODE_FILE_PREFIX}{index:06d}"
+
+
 def _identity(config: CollectConfig) -> dict[str, Any]:
-    """What the episodes depend on (not ``out`` nor ``workers``): a sidecar continues only
-    a collection with the same identity."""
-    fields = {k: v for k, v in asdict(config).items() if k not in ("out", "workers")}
+    """What the episodes depend on (not where they go nor who runs them): shards continue
+    only a collection with the same identity."""
+    fields = {k: v for k, v in asdict(config).items() if k not in NOT_IDENTITY}
     return json.loads(json.dumps({**fields, "vla_gym_version": vla_gym.__version__}))
 
 
@@ -300,31 +309,49 @@ def _lock(directory: Path) -> int | None:
     return fd
 
 
-def _valid_attempt(record: Any, index: int, directory: Path) -> bool:
-    if not isinstance(record, dict) or record.get("attempt") != index:
+def _valid_shard(record: Any, index: int, first: int, directory: Path) -> bool:
+    if not isinstance(record, dict) or record.get("shard") != index or record.get("first_attempt") != first:
         return False
-    if not isinstance(record.get("kept"), bool) or not isinstance(record.get("frames"), int):
+    seeds, kept, frames = record.get("seeds"), record.get("kept"), record.get("frames")
+    if not (isinstance(seeds, list) and isinstance(kept, list) and isinstance(frames, list)):
         return False
-    return not record["kept"] or (isinstance(record.get("file"), str) and (directory / record["file"]).is_file())
+    if not seeds or not len(seeds) == len(kept) == len(frames):
+        return False
+    if not all(isinstance(k, bool) for k in kept) or not all(isinstance(f, int) for f in frames):
+        return False
+    file = record.get("file")
+    return (file is None) if not any(kept) else (isinstance(file, str) and (directory / file).is_file())
 
 
-class _Partial:
-    """The sidecar of a collection under way (see :func:`collect_demos`): one HDF5 file per
-    kept episode, written atomically, and one line per attempt in ``attempts.jsonl``."""
+def _is_ours(entry: Path) -> bool:
+    """A file a collection writes into its shard directory."""
+    name = entry.name
+    return (name in (ATTEMPTS_FILE, IDENTITY_FILE, INDEX_FILE) or TEMP_MARK in name
+            or (name.startswith(SHARD_PREFIX) and name.endswith(".h5")))
 
-    def __init__(self, out: Path, config: CollectConfig, resume: bool) -> None:
-        self.dir = partial_dir(out)
+
+class _Shards:
+    """The episodes of a collection under way (see :func:`collect_demos`), in shards: runs of
+    consecutive attempts, each an HDF5 file of its kept episodes (``episodes/attempt_<i>``)
+    written atomically once the run is complete, and one line per shard in ``attempts.jsonl``.
+
+    ``directory`` is the sidecar of a single-file output (shards of one attempt: resume loses
+    nothing) or the output directory of ``--shards``.
+    """
+
+    def __init__(self, directory: Path, config: CollectConfig, resume: bool, shard_size: int) -> None:
+        self.dir, self.shard_size, self.config = directory, shard_size, config
+        self.buffer: list[tuple[int, dict[str, Any], bool]] = []
         self.lock: int | None = None
-        if self.dir.is_dir():
-            self.lock = _lock(self.dir)
-            if not resume:
-                shutil.rmtree(self.dir)
-                self._unlock()
+        self._writing = False
         self.dir.mkdir(parents=True, exist_ok=True)
-        if self.lock is None:
-            self.lock = _lock(self.dir)
+        self.lock = _lock(self.dir)
+        if not resume:
+            for entry in self.dir.iterdir():
+                if _is_ours(entry):
+                    entry.unlink()
         self._claim(config)
-        self.attempts = self._read_attempts()
+        self.shards, self.attempts = self._read_shards()
 
     def _claim(self, config: CollectConfig) -> None:
         identity, path = _identity(config), self.dir / IDENTITY_FILE
@@ -344,45 +371,103 @@ class _Partial:
             if TEMP_MARK in entry.name:  # this process holds the lock: a temporary is from a dead one
                 entry.unlink()
 
-    def _read_attempts(self) -> list[dict[str, Any]]:
-        """The attempts recorded in order; a line cut by a kill and whatever follows it are dropped."""
-        path, records = self.dir / ATTEMPTS_FILE, []
+    def _read_shards(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The shards recorded in order, and their attempts; a line cut by a kill and whatever
+        follows it are dropped, with shard files no line names."""
+        path, shards, attempts = self.dir / ATTEMPTS_FILE, [], []
         for line in path.read_text().splitlines() if path.exists() else []:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 break
-            if not _valid_attempt(record, len(records), self.dir):
+            if not _valid_shard(record, len(shards), len(attempts), self.dir):
                 break
-            records.append(record)
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
-        files = {r["file"] for r in records if r["kept"]}
-        for orphan in self.dir.glob(f"{EPISODE_FILE_PREFIX}*.h5"):
+            shards.append(record)
+            attempts.extend(self._attempts_of(record))
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in shards))
+        files = {r["file"] for r in shards if r["file"]}
+        for orphan in self.dir.glob(f"{SHARD_PREFIX}*.h5"):
             if orphan.name not in files:
                 orphan.unlink()
-        return records
+        return shards, attempts
+
+    @staticmethod
+    def _attempts_of(shard: dict[str, Any]) -> list[dict[str, Any]]:
+        first = shard["first_attempt"]
+        return [{"attempt": first + j, "seed": seed, "kept": kept, "frames": frames, "file": shard["file"]}
+                for j, (seed, kept, frames) in enumerate(zip(shard["seeds"], shard["kept"], shard["frames"]))]
+
+    @property
+    def next_attempt(self) -> int:
+        return len(self.attempts) + len(self.buffer)
 
     def record(self, seed: int, episode: dict[str, Any], kept: bool) -> None:
-        index = len(self.attempts)
-        entry = {"attempt": index, "seed": seed, "kept": kept, "frames": int(episode["attrs"]["num_samples"]),
-                 "file": None}
-        if kept:
-            entry["file"] = f"{EPISODE_FILE_PREFIX}{index}.h5"
-            with atomic_path(self.dir / entry["file"]) as tmp, h5py.File(tmp, "w") as handle:
-                _write_episode(handle, EPISODE_GROUP, episode)
-        append_jsonl(self.dir / ATTEMPTS_FILE, entry)
-        self.attempts.append(entry)
+        """Add an attempt; a full run of ``shard_size`` is written out as a shard."""
+        self.buffer.append((seed, episode, kept))
+        if len(self.buffer) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered attempts as a shard (atomically), then its line."""
+        if not self.buffer or self._writing:
+            return
+        self._writing = True
+        try:
+            index, first = len(self.shards), len(self.attempts)
+            kept = [(first + j, episode) for j, (_, episode, keep) in enumerate(self.buffer) if keep]
+            file = f"{SHARD_PREFIX}{index:05d}.h5" if kept else None
+            if file is not None:
+                with atomic_path(self.dir / file) as tmp, h5py.File(tmp, "w") as handle:
+                    handle.attrs["env_args"] = json.dumps(env_args(self.config.env_id, self.config.env_kwargs))
+                    handle.attrs["format_version"] = FORMAT_VERSION
+                    group = handle.create_group(SHARD_GROUP)
+                    for attempt, episode in kept:
+                        _write_episode(group, attempt_name(attempt), episode)
+            shard = {"shard": index, "first_attempt": first, "seeds": [int(s) for s, _, _ in self.buffer],
+                     "kept": [bool(k) for _, _, k in self.buffer],
+                     "frames": [int(e["attrs"]["num_samples"]) for _, e, _ in self.buffer], "file": file}
+            append_jsonl(self.dir / ATTEMPTS_FILE, shard)
+            self.shards.append(shard)
+            self.attempts.extend(self._attempts_of(shard))
+            self.buffer.clear()
+        finally:
+            self._writing = False
+
+    def kept(self, episodes: int) -> list[dict[str, Any]]:
+        return [r for r in self.attempts if r["kept"]][:episodes]
 
     def assemble(self, out: Path, config: CollectConfig) -> tuple[int, int]:
-        """Write the demo file from the kept episodes (atomically); returns (kept, frames)."""
-        kept = [r for r in self.attempts if r["kept"]][: config.episodes]
+        """Write the single demo file from the kept episodes (atomically); returns (kept, frames)."""
+        kept = self.kept(config.episodes)
         frames = sum(r["frames"] for r in kept)
         with atomic_path(out) as tmp, h5py.File(tmp, "w") as handle:
             data = handle.create_group("data")
-            for index, record in enumerate(kept):
-                with h5py.File(self.dir / record["file"], "r") as source:
-                    source.copy(source[EPISODE_GROUP], data, name=demo_name(index))
+            sources: dict[str, h5py.File] = {}
+            try:
+                for index, record in enumerate(kept):
+                    if record["file"] not in sources:
+                        sources[record["file"]] = h5py.File(self.dir / record["file"], "r")
+                    source = sources[record["file"]]
+                    source.copy(source[f"{SHARD_GROUP}/{attempt_name(record['attempt'])}"], data,
+                                name=demo_name(index))
+            finally:
+                for source in sources.values():
+                    source.close()
             _write_metadata(handle, config, len(kept), frames, len(self.attempts))
+        return len(kept), frames
+
+    def write_index(self, config: CollectConfig) -> tuple[int, int]:
+        """Write ``index.h5`` (atomically): the demo-file layout, its episodes external links into
+        the shards; returns (kept, frames)."""
+        kept = self.kept(config.episodes)
+        frames = sum(r["frames"] for r in kept)
+        with atomic_path(self.dir / INDEX_FILE) as tmp, h5py.File(tmp, "w") as handle:
+            data = handle.create_group("data")
+            for index, record in enumerate(kept):
+                data[demo_name(index)] = h5py.ExternalLink(record["file"], f"/{SHARD_GROUP}/{attempt_name(record['attempt'])}")
+            _write_metadata(handle, config, len(kept), frames, len(self.attempts))
+            used = sorted({r["file"] for r in kept})
+            data.attrs["shards"] = json.dumps([{"file": f, "bytes": (self.dir / f).stat().st_size} for f in used])
         return len(kept), frames
 
     def _unlock(self) -> None:
@@ -390,21 +475,42 @@ class _Partial:
             os.close(self.lock)
             self.lock = None
 
-    def release(self, keep: bool) -> None:
-        """Unlock; remove the sidecar unless ``keep``."""
+    def release(self, remove: bool) -> None:
+        """Unlock; remove the directory if ``remove`` (a sidecar no longer needed)."""
         self._unlock()
-        if not keep:
+        if remove:
             shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            (self.dir / LOCK_FILE).unlink(missing_ok=True)
 
 
-def claim_collect_output(out: str | os.PathLike, option: str, resume: bool, overwrite: bool) -> Path:
-    """The ``vla-gym collect`` guard: ``out`` is a writable file path, and an earlier
-    collection there (finished, or interrupted: its sidecar) needs ``--overwrite`` (or, when
-    interrupted, ``--resume``)."""
-    out = check_output_file(out, option)
+def _shard_dir_state(out: Path) -> str:
+    """``"new"`` (absent or empty), ``"finished"`` (has its index), ``"interrupted"``, or
+    ``"foreign"`` (files that no collection wrote)."""
+    if not out.is_dir():
+        return "new"
+    entries = [e for e in out.iterdir() if e.name != LOCK_FILE]
+    if not entries:
+        return "new"
+    if (out / INDEX_FILE).is_file():
+        return "finished"
+    if (out / IDENTITY_FILE).is_file():
+        return "interrupted"
+    return "foreign"
+
+
+def claim_collect_output(
+    out: str | os.PathLike, option: str, resume: bool, overwrite: bool, shards: bool = False
+) -> Path:
+    """The ``vla-gym collect`` guard: ``out`` is a writable file path (a directory with
+    ``shards``), and an earlier collection there (finished, or interrupted) needs
+    ``--overwrite`` (or, when interrupted, ``--resume``)."""
     if resume and overwrite:
         raise OutputError("--resume and --overwrite exclude each other: --resume continues an interrupted "
                           f"collection into {str(out)!r}, --overwrite starts it over")
+    if shards:
+        return _claim_shard_dir(check_output_dir(out, option), option, resume, overwrite)
+    out = check_output_file(out, option)
     sweep_stale_temps(out)
     partial = partial_dir(out)
     if partial.is_dir() and not (resume or overwrite):
@@ -420,48 +526,80 @@ def claim_collect_output(out: str | os.PathLike, option: str, resume: bool, over
     return out
 
 
+def _claim_shard_dir(out: Path, option: str, resume: bool, overwrite: bool) -> Path:
+    state = _shard_dir_state(out)
+    if state == "foreign":
+        raise OutputError(f"{option} {str(out)!r} holds files that are not a vla_gym shard directory; "
+                          "give a new or empty directory")
+    if state == "interrupted" and not (resume or overwrite):
+        raise OutputError(f"{option} {str(out)!r} holds an interrupted collection; pass --resume to continue it "
+                          "or --overwrite to start over")
+    if state == "finished" and not overwrite:
+        raise OutputError(
+            f"{option} {str(out)!r} already holds a finished collection ({INDEX_FILE}; --resume only continues "
+            f"an interrupted one); pass --overwrite to replace it, or choose another {option}"
+        )
+    return out
+
+
 def collect_demos(
-    config: CollectConfig, progress: bool = True, resume: bool = False, keep_partial: bool = False
+    config: CollectConfig, progress: bool = True, resume: bool = False, keep_partial: bool = False,
+    backend: Backend | None = None,
 ) -> CollectResult:
     """Record ``config.episodes`` expert episodes into ``config.out``; see :mod:`vla_gym.data.dataset`.
 
-    Episodes are kept in a sidecar directory beside the output (:func:`partial_dir`) as they
-    finish; once all are there, the demo file is written under a temporary name and renamed,
-    so ``config.out`` holds either the previous file or a complete new one. With
-    ``resume``, a sidecar left by an interrupted run of the same config is continued
-    (else it is discarded); with ``keep_partial`` an interruption or error keeps the sidecar
-    for that (else it is removed). A ``kill -9`` always leaves it. Episode ``k`` kept is the
-    same whatever the number of workers and interruptions.
+    Episodes are written in shards as they finish. With a single-file output they wait in a
+    sidecar directory beside it (:func:`partial_dir`, one attempt per shard) and, once all
+    are there, the demo file is written under a temporary name and renamed, so
+    ``config.out`` holds either the previous file or a complete new one. With
+    ``config.shards`` the output is a directory: shards of ``config.shard_episodes``
+    attempts and, once all are there, ``index.h5`` (the demo-file layout, its episodes
+    linked into the shards), which every reader of demo files accepts (the directory or
+    the index). With ``resume``, the shards of an interrupted run of the same config are
+    continued (else they are discarded); with ``keep_partial`` an interruption or error
+    keeps a single-file sidecar for that (else it is removed; a shard directory always
+    stays). A ``kill -9`` always leaves them. Episode ``k`` kept is the same whatever the
+    backend, the number of workers, the shard size and interruptions. ``backend`` (else
+    one made from the config) runs the expert.
     """
     out = Path(config.out)
-    sweep_stale_temps(out)
-    partial = _Partial(out, config, resume)
+    start = time.perf_counter()
+    owned = backend is None  # made here (a Ray that cannot start fails before any file is touched)
+    backend = make_backend(config.backend, config.workers, config.ray_address) if owned else backend
     try:
-        start = time.perf_counter()
-        _record_missing(partial, config, progress)
-        kept, frames = partial.assemble(out, config)
-    except BaseException:
-        partial.release(keep=keep_partial)
-        raise
-    partial.release(keep=False)
-    attempts = len(partial.attempts)
+        if config.shards:
+            store = _Shards(out, config, resume, config.shard_episodes or DEFAULT_SHARD_EPISODES)
+        else:
+            sweep_stale_temps(out)
+            store = _Shards(partial_dir(out), config, resume, 1)
+        try:
+            _record_missing(store, config, progress, backend)
+            kept, frames = store.write_index(config) if config.shards else store.assemble(out, config)
+        except BaseException:
+            store.release(remove=not (keep_partial or config.shards))
+            raise
+        store.release(remove=not config.shards)
+    finally:
+        if owned:
+            backend.close()
+    attempts = len(store.attempts)
     return CollectResult(str(out), kept, frames, attempts, attempts - kept, time.perf_counter() - start)
 
 
-def _record_missing(partial: _Partial, config: CollectConfig, progress: bool) -> None:
+def _record_missing(store: _Shards, config: CollectConfig, progress: bool, backend: Backend) -> None:
     """Run the expert on the seeds after the recorded attempts until enough episodes are kept."""
     from tqdm.auto import tqdm
 
     extra = 0 if config.keep_failures else max(MIN_EXTRA_ATTEMPTS, math.ceil(MAX_EXTRA_ATTEMPT_FRACTION * config.episodes))
-    kept = sum(r["kept"] for r in partial.attempts)
+    kept = sum(r["kept"] for r in store.attempts)
     frames, start = 0, time.perf_counter()
-    seeds = range(config.seed + len(partial.attempts), config.seed + config.episodes + extra)
+    seeds = range(config.seed + len(store.attempts), config.seed + config.episodes + extra)
     bar = tqdm(total=config.episodes, initial=kept, unit="ep", desc="collect", disable=not progress)
     try:
-        with contextlib.closing(_episode_results(config, seeds)) as results:
+        with contextlib.closing(_episode_results(config, seeds, backend)) as results:
             for seed, episode in zip(seeds, results) if kept < config.episodes else ():
                 keep = bool(episode["attrs"]["success"] or config.keep_failures)
-                partial.record(seed, episode, keep)
+                store.record(seed, episode, keep)
                 if keep:
                     kept += 1
                     frames += episode["attrs"]["num_samples"]
@@ -470,10 +608,11 @@ def _record_missing(partial: _Partial, config: CollectConfig, progress: bool) ->
                 if kept == config.episodes:
                     break
     finally:
+        store.flush()  # nothing recorded is lost, even on an interruption
         bar.close()
     if kept < config.episodes:
         raise RuntimeError(
-            f"the expert succeeded in only {kept} of {len(partial.attempts)} episodes; "
+            f"the expert succeeded in only {kept} of {len(store.attempts)} episodes; "
             f"{config.episodes} were asked for (use keep_failures to keep failed ones)"
         )
 
@@ -483,7 +622,7 @@ def _write_metadata(handle: h5py.File, config: CollectConfig, kept: int, frames:
     data.attrs["format_version"] = FORMAT_VERSION
     data.attrs["env_args"] = json.dumps(env_args(config.env_id, config.env_kwargs))
     data.attrs["total"] = frames
-    collector = {k: v for k, v in asdict(config).items() if k not in ("out", "workers", "env_kwargs", "env_id")}
+    collector = {k: v for k, v in asdict(config).items() if k not in (*NOT_IDENTITY, "env_kwargs", "env_id")}
     collector.update(policy="ScriptedExpert", attempts=attempts, vla_gym_version=vla_gym.__version__)
     data.attrs["collector"] = json.dumps(collector)
     names = [demo_name(i) for i in range(kept)]

@@ -1,4 +1,5 @@
-"""Demonstration datasets: one self-describing HDF5 file in the robomimic layout.
+"""Demonstration datasets: one self-describing HDF5 file in the robomimic layout (or a shard
+directory whose ``index.h5`` has this layout, its episodes linked into shard files).
 
 Layout (``T`` = steps of an episode, ``S`` = image side)::
 
@@ -40,7 +41,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vla_gym.envs.language import decode_instruction, encode_instruction, sample_instruction
-from vla_gym.data.format import OBS_KEYS, LEGACY_TASK, DatasetError, env_config_dict
+from vla_gym.data.format import OBS_KEYS, LEGACY_TASK, SHARD_INDEX_FILE, DatasetError, env_config_dict
 from vla_gym.data.validation import DemoFileSummary, check_demo_file, check_depth, read_array
 from vla_gym.envs.scene import COLOURS
 from vla_gym.envs.spaces import AGENT_CAMERA
@@ -62,8 +63,56 @@ def demo_file_summary(path: str | os.PathLike) -> DemoFileSummary:
     return summary
 
 
-def _open_checked(path: str | os.PathLike) -> tuple[h5py.File, DemoFileSummary]:
+def resolve_demo_path(path: str | os.PathLike) -> Path:
+    """``path`` itself (a demo file), or the index of a shard directory (``vla-gym collect
+    --shards``): every reader takes either."""
     path = Path(path)
+    if not path.is_dir():
+        return path
+    index = path / SHARD_INDEX_FILE
+    if index.is_file():
+        return index
+    if any(path.glob("shard_*.h5")) or (path / "attempts.jsonl").exists():
+        raise DatasetError(
+            f"shard directory {str(path)!r} holds an unfinished collection (no {SHARD_INDEX_FILE} yet); "
+            f"finish it with the same `vla-gym collect ... --shards --out {path}` command and --resume"
+        )
+    raise DatasetError(f"{str(path)!r} is a directory, not a demo file nor a shard directory of "
+                       f"`vla-gym collect --shards` (it has no {SHARD_INDEX_FILE})")
+
+
+def shard_files(handle: h5py.File, path: str | os.PathLike) -> list[Path]:
+    """The shard files an index links to (none for a plain demo file), each checked to be
+    there, with the size the index recorded, and an HDF5 file; :class:`DatasetError` otherwise."""
+    listed = handle["data"].attrs.get("shards") if "data" in handle else None
+    if listed is None:
+        return []
+    where = Path(path).parent
+    try:
+        entries = json.loads(listed)
+        files = [(str(e["file"]), int(e["bytes"])) for e in entries]
+    except (TypeError, ValueError, KeyError, json.JSONDecodeError):
+        raise DatasetError(f"shard index {str(path)!r}: data.attrs['shards'] is not a list of "
+                           "{file, bytes} records") from None
+    shards = []
+    for name, size in files:
+        shard = where / name
+        if Path(name).name != name:
+            raise DatasetError(f"shard index {str(path)!r} names {name!r}, not a file beside it")
+        if not shard.is_file():
+            raise DatasetError(f"shard directory {str(where)!r}: shard {name!r} is missing (the index lists "
+                               f"{len(files)}); restore it, or collect again into a new directory")
+        if shard.stat().st_size != size or not h5py.is_hdf5(shard):
+            raise DatasetError(
+                f"shard directory {str(where)!r}: shard {name!r} is corrupt ({shard.stat().st_size} bytes, "
+                f"the index recorded {size}); restore it, or collect again into a new directory"
+            )
+        shards.append(shard)
+    return shards
+
+
+def _open_checked(path: str | os.PathLike) -> tuple[h5py.File, DemoFileSummary]:
+    path = resolve_demo_path(path)
     if not path.exists():
         raise DatasetError(f"demo file {str(path)!r} does not exist (make one with `vla-gym collect`)")
     if not path.is_file():
@@ -75,7 +124,7 @@ def _open_checked(path: str | os.PathLike) -> tuple[h5py.File, DemoFileSummary]:
             f"demo file {str(path)!r} is not a readable HDF5 file (corrupt or truncated?): {err}"
         ) from None
     try:
-        return handle, check_demo_file(handle, str(path))
+        return handle, check_demo_file(handle, str(path), shard_files(handle, path))
     except DatasetError:
         handle.close()
         raise
@@ -154,7 +203,7 @@ class DemoDataset(Dataset):
             raise ValueError(f"split={split!r} is not available; choose one of {SPLITS}")
         if not 0.0 <= paraphrase_prob <= 1.0:
             raise ValueError(f"paraphrase_prob must lie in [0, 1], got {paraphrase_prob}")
-        self.path = str(path)
+        self.path = str(resolve_demo_path(path))
         self.paraphrase_prob = paraphrase_prob
         self.seed = seed
         #: Seeds the paraphrasing with the frame index (see :meth:`set_epoch`).

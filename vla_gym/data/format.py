@@ -24,6 +24,10 @@ EPISODE_ATTRS = ("num_samples", "instruction", "target_colour", "target_shape", 
 REQUIRED_EPISODE_ATTRS = ("num_samples", "instruction", "target_colour", "target_shape", "seed", "success")
 #: Keys of the ``env_args`` attribute.
 ENV_ARGS_KEYS = ("env_name", "env_kwargs", "env_config")
+#: The index of a shard directory (``vla-gym collect --shards``): the demo-file layout, each
+#: ``data/demo_<i>`` an HDF5 external link into a shard file beside it; ``data.attrs["shards"]``
+#: (JSON) lists the shard files and their sizes in bytes.
+SHARD_INDEX_FILE = "index.h5"
 #: The task an episode of a file without a ``task`` attribute ran (files from before the suite).
 LEGACY_TASK = "pick"
 

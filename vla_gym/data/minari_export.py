@@ -378,7 +378,9 @@ def _write_episodes(dataset: Any, env: Any, source: _Source, progress: bool) -> 
     batch: list[Any] = []
     metadata: list[dict[str, Any]] = []
     pending = steps = 0
-    with h5py.File(source.path, "r") as handle, tqdm(
+    from vla_gym.data.dataset import open_demo_file
+
+    with open_demo_file(source.path) as handle, tqdm(
         total=len(source.episodes), unit="ep", desc="export", disable=not progress
     ) as bar:
         for name in source.episodes:

@@ -24,6 +24,7 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,9 +110,10 @@ def _stat_key(path: Path) -> tuple:
     return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def check_demo_file(handle: h5py.File, path: str) -> DemoFileSummary:
-    """Validate an open demo file (see the module docstring); cached per file on disk."""
-    key = _stat_key(Path(path))
+def check_demo_file(handle: h5py.File, path: str, shards: Sequence[Path] = ()) -> DemoFileSummary:
+    """Validate an open demo file (see the module docstring); cached per file on disk (with
+    ``shards``, the files a shard index links to, per file and shard)."""
+    key = (_stat_key(Path(path)), *(_stat_key(shard) for shard in shards))
     if key not in _SUMMARIES:
         if len(_SUMMARIES) >= MAX_CACHED_SUMMARIES:
             _SUMMARIES.pop(next(iter(_SUMMARIES)))
