@@ -146,8 +146,9 @@ BENCHMARK_VARIANTS = ("local", "ray (starts Ray)", "ray (running)")
 
 
 def measure(args) -> tuple[dict, dict]:
-    collect = {v: [] for v in COLLECT_VARIANTS if v != "baseline" or args.baseline}
-    bench = {v: [] for v in BENCHMARK_VARIANTS}
+    wanted = set(args.variants.split(",")) | {"local"} if args.variants else None
+    collect = {v: [] for v in COLLECT_VARIANTS if (v != "baseline" or args.baseline) and (not wanted or v in wanted)}
+    bench = {v: [] for v in BENCHMARK_VARIANTS if not wanted or v in wanted}
     with tempfile.TemporaryDirectory(prefix="vla_gym_scaling_") as tmp:
         for round_ in range(args.rounds):
             order = list(collect) if round_ % 2 == 0 else list(reversed(collect))
@@ -181,11 +182,12 @@ def _rows(variants: dict, episodes: int, own_key: str) -> list[str]:
 
 
 def render(args, collect: dict, bench: dict, seconds: float | None) -> str:
-    start, end = markers(SECTION)
+    start, end = markers(args.section)
     episodes, cell_episodes = args.episodes, max(args.episodes // 4, 1)
     lines = [
         start,
-        "## Backends: local against the code before them, Ray against local (issue 15)",
+        "## Backends: local against the code before them, Ray against local (issue 15)"
+        + (f": more rounds of {args.variants}" if args.variants else ""),
         "",
         f"- Command: `{command_line()}`".replace(" --from-json", " --json")
         + (f" ({seconds / 60:.1f} min)" if seconds else ""),
@@ -217,6 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", default=None, help="a checkout of the code before the backends (its root)")
+    parser.add_argument("--variants", default=None,
+                        help=f"comma-separated subset (always with local) of {list(COLLECT_VARIANTS)}")
+    parser.add_argument("--section", default=SECTION, help="name of the RESULTS.md section to write")
     parser.add_argument("--out", type=Path, default=None, help="write/update this Markdown file")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
     parser.add_argument("--from-json", type=Path, default=None,
@@ -234,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     section = render(args, collect, bench, seconds)
     print(section)
     if args.out:
-        write_section(args.out, section, SECTION)
+        write_section(args.out, section, args.section)
 
 
 if __name__ == "__main__":

@@ -24,16 +24,20 @@ def test_render_bad_target_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_collect_train_evaluate_end_to_end(tmp_path, capsys):
-    data, run = tmp_path / "demos.h5", tmp_path / "run"
-    assert main(["collect", "--episodes", "3", "--workers", "0", "--out", str(data), "--no-progress"]) == 0
+@pytest.mark.parametrize("layout", ["file", "shards"])
+def test_collect_train_evaluate_end_to_end(tmp_path, capsys, layout):
+    """One demo file, or a shard directory (read by train-bc like one file; evaluation in 2 workers)."""
+    sharded = layout == "shards"
+    data, run = tmp_path / ("demos" if sharded else "demos.h5"), tmp_path / "run"
+    extra = ["--shards", "--shard-episodes", "2"] if sharded else []
+    assert main(["collect", "--episodes", "3", "--workers", "0", "--out", str(data), "--no-progress", *extra]) == 0
     assert "3 episodes" in capsys.readouterr().out
     assert main(["train-bc", "--data", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "16",
                  "--rollout-every", "0", "--device", "cpu", "--no-progress"]) == 0
     assert "policy.pt" in capsys.readouterr().out
     report = tmp_path / "eval.json"
     assert main(["evaluate", "--policy", str(run / "policy.pt"), "--episodes", "2", "--json", str(report),
-                 "--device", "cpu", "--no-progress"]) == 0
+                 "--device", "cpu", "--no-progress", "--workers", "2" if sharded else "1"]) == 0
     out = capsys.readouterr().out
     assert "success" in out and report.exists()
 
