@@ -71,6 +71,19 @@ def test_an_item_error_reaches_the_caller_as_raised(workers):
         list(backend.imap(math.sqrt, [1.0, -1.0, 4.0]))
 
 
+def test_a_dying_worker_fails_the_job_instead_of_hanging_it():
+    from concurrent.futures.process import BrokenProcessPool
+
+    start = time.monotonic()
+    with LocalBackend(2) as backend, pytest.raises(BrokenProcessPool):
+        list(backend.imap(abs, range(4), setup=os._exit, setup_args=(3,)))  # each worker dies on start
+    with LocalBackend(2) as backend:  # and a job left early does not wait for the items still running
+        results = backend.imap(time.sleep, [0, 30, 30, 30])
+        assert next(results) is None
+        results.close()
+    assert time.monotonic() - start < 25
+
+
 def test_the_window_bounds_the_items_read_ahead():
     read: list[int] = []
 

@@ -33,6 +33,7 @@ import os
 import queue
 import socket
 import tempfile
+from concurrent.futures import Future, ProcessPoolExecutor
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -152,14 +153,20 @@ class Backend(abc.ABC):
 
 class LocalBackend(Backend):
     """Worker processes on this machine (``spawn``: no PyBullet client or torch threads
-    inherited), or this process itself when ``workers <= 1``."""
+    inherited), or this process itself when ``workers <= 1``.
+
+    A worker that dies (a crash, the OOM killer, a failing ``setup``) fails the job with
+    ``BrokenProcessPool`` instead of leaving the caller waiting; a job left early (an error,
+    Ctrl-C) terminates its workers at once rather than waiting for their items.
+    """
 
     name = "local"
 
     def __init__(self, workers: int = 2) -> None:
         super().__init__(workers)
-        self._pool: Any = None
+        self._pool: ProcessPoolExecutor | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._futures: set[Future] = set()
 
     @property
     def in_process(self) -> bool:
@@ -171,7 +178,8 @@ class LocalBackend(Backend):
             if setup is not None:
                 setup(*setup_args)
             return
-        self._pool = mp.get_context("spawn").Pool(self.workers, initializer=setup, initargs=setup_args)
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=setup,
+                                         initargs=setup_args)
 
     def _submit(self, index, fn, item) -> None:
         if self._pool is None:  # in this process: run now, hand the outcome over in order
@@ -180,10 +188,9 @@ class LocalBackend(Backend):
             except Exception as err:  # noqa: BLE001 - re-raised by _next_result, as from a worker
                 self._queue.put((index, None, err))
             return
-        self._pool.apply_async(
-            fn, (item,), callback=lambda result: self._queue.put((index, result, None)),
-            error_callback=lambda err: self._queue.put((index, None, err)),
-        )
+        future = self._pool.submit(fn, item)
+        self._futures.add(future)
+        future.add_done_callback(lambda done: self._queue.put(_outcome(index, done)))
 
     def _next_result(self) -> tuple[int, Any]:
         index, result, error = self._queue.get()
@@ -192,12 +199,21 @@ class LocalBackend(Backend):
         return index, result
 
     def _stop(self, teardown) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
-        elif teardown is not None:
-            teardown()
+        pool, self._pool = self._pool, None
+        if pool is None:
+            if teardown is not None:
+                teardown()
+            return
+        if any(not future.done() for future in self._futures):  # left early: do not wait for their items
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+        self._futures = set()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _outcome(index: int, future: Future) -> tuple[int, Any, BaseException | None]:
+    error = future.exception()
+    return (index, None, error) if error is not None else (index, future.result(), None)
 
 
 # --------------------------------------------------------------------------- Ray
