@@ -186,7 +186,7 @@ def _backend_arguments(p: argparse.ArgumentParser, what: str = "episodes") -> No
 
     p.add_argument("--backend", choices=BACKENDS, default="local",
                    help=f"where the {what} run: local (worker processes here, the default) or ray "
-                        '(needs pip install -e ".[ray]")')
+                        '(one Ray actor per --workers, 0: one per CPU of the cluster; needs pip install -e ".[ray]")')
     p.add_argument("--ray-address", type=_ray_address, default=None,
                    help="with --backend ray: auto (the Ray started here by `ray start`) or HOST:PORT of a "
                         "running cluster; default: start Ray on this machine for the job")
