@@ -241,3 +241,26 @@ def test_set_training_mode_reaches_every_module_even_when_one_was_toggled_alone(
     assert not any(m.training for m in policy.modules())
     policy.set_training_mode(True)
     assert all(m.training for m in policy.modules())
+
+
+def test_obs_to_tensor_matches_sb3_without_copying_and_names_bad_shapes():
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    policy = make_policy(image_size=40, network={"channels": [8, 16, 16], "features_dim": 32})
+    one = {k: np.asarray(space.sample()) for k, space in policy.observation_space.spaces.items()}
+    many = {k: np.stack([v, v, v]) for k, v in one.items()}
+    for observation, batched in ((one, False), (many, True)):
+        ours, ours_batched = policy.obs_to_tensor(observation)
+        sb3, sb3_batched = ActorCriticPolicy.obs_to_tensor(policy, observation)
+        assert ours_batched == sb3_batched == batched
+        for key in sb3:
+            assert ours[key].dtype == sb3[key].dtype and torch.equal(ours[key], sb3[key]), key
+    before = {k: v.copy() for k, v in one.items()}
+    policy.predict(one, deterministic=True)
+    assert all(np.array_equal(one[k], before[k]) for k in one)  # the caller's arrays are untouched
+    with pytest.raises(ValueError, match=r"observation 'rgb' is shaped \(39, 40, 3\); expected \(40, 40, 3\)"):
+        policy.obs_to_tensor({**one, "rgb": one["rgb"][1:]})
+    with pytest.raises(ValueError, match="observation lacks 'depth'"):
+        policy.obs_to_tensor({k: v for k, v in one.items() if k != "depth"})
+    with pytest.raises(ValueError, match="mixes batched and single entries"):
+        policy.obs_to_tensor({**one, "rgb": many["rgb"]})
