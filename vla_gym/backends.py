@@ -141,9 +141,6 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Release what the backend holds beyond one job (a Ray instance it started)."""
 
-    def describe(self) -> str:
-        return f"{self.name} backend, {self.workers} worker{'s' if self.workers != 1 else ''}"
-
     def __enter__(self) -> Backend:
         return self
 
@@ -227,16 +224,30 @@ def import_ray() -> Any:
     return ray
 
 
-def check_ray_address(address: str | None) -> str | None:
-    """``None`` (start a local Ray), ``"auto"`` (the Ray started on this machine by ``ray
-    start``), ``"ray://HOST:PORT"`` (Ray Client) or ``"HOST:PORT"``; anything else is refused."""
-    if address is None or address == "auto":
-        return address
+def _host_port(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``ray://HOST:PORT`` split, or :class:`BackendError`."""
     rest = address[len("ray://"):] if address.startswith("ray://") else address
     host, sep, port = rest.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise BackendError(f"--ray-address {address!r} is not 'auto', 'HOST:PORT' or 'ray://HOST:PORT'")
+    return host.strip("[]"), int(port)
+
+
+def check_ray_address(address: str | None) -> str | None:
+    """``None`` (start a local Ray), ``"auto"`` (the Ray started on this machine by ``ray
+    start``), ``"ray://HOST:PORT"`` (Ray Client) or ``"HOST:PORT"``; anything else is refused."""
+    if address is not None and address != "auto":
+        _host_port(address)
     return address
+
+
+def check_backend_choice(backend: str, ray_address: str | None) -> None:
+    """``backend`` is one of :data:`BACKENDS`, ``ray_address`` goes with ``"ray"`` and is well formed."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    if ray_address is not None and backend != "ray":
+        raise BackendError("--ray-address needs --backend ray")
+    check_ray_address(ray_address)
 
 
 def check_ray_reachable(address: str | None) -> None:
@@ -244,10 +255,8 @@ def check_ray_reachable(address: str | None) -> None:
     :data:`RAY_CONNECT_TIMEOUT_S`, else :class:`BackendError` saying how to start Ray there."""
     if address is None or address == "auto":
         return
-    rest = address[len("ray://"):] if address.startswith("ray://") else address
-    host, _, port = rest.rpartition(":")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+        socket.create_connection(_host_port(address), timeout=RAY_CONNECT_TIMEOUT_S).close()
     except OSError as err:
         raise BackendError(
             f"cannot reach a Ray cluster at --ray-address {address!r} ({err}); start one there with "
@@ -339,10 +348,6 @@ class RayBackend(Backend):
             self._ray.shutdown()
         self._started_here = False
 
-    def describe(self) -> str:
-        where = "a Ray instance started here" if self._started_here else f"the Ray cluster at {self.address or 'auto'}"
-        return f"ray backend, {self.workers} actors on {where}"
-
 
 # --------------------------------------------------------------------------- files for remote workers
 def ship_files(paths: Iterable[str | os.PathLike]) -> dict[str, bytes]:
@@ -370,18 +375,6 @@ def local_copies(files: dict[str, bytes] | None) -> dict[str, str]:
 
 def make_backend(name: str = "local", workers: int = 2, ray_address: str | None = None) -> Backend:
     """The backend called ``name`` (one of :data:`BACKENDS`)."""
-    if name == "local":
-        if ray_address is not None:
-            raise BackendError("--ray-address needs --backend ray")
-        return LocalBackend(workers)
-    if name == "ray":
-        return RayBackend(workers, ray_address)
-    raise BackendError(f"unknown backend {name!r}; choose one of {list(BACKENDS)}")
+    check_backend_choice(name, ray_address)
+    return LocalBackend(workers) if name == "local" else RayBackend(workers, ray_address)
 
-
-def default_workers() -> int:
-    """The cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1

@@ -170,13 +170,9 @@ class BenchmarkConfig:
             raise ValueError(f"env_kwargs {clash} are set by the benchmark's splits; remove them")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-        from vla_gym.backends import BACKENDS, check_ray_address
+        from vla_gym.backends import check_backend_choice
 
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
-        if self.ray_address is not None and self.backend != "ray":
-            raise ValueError("ray_address needs backend='ray'")
-        check_ray_address(self.ray_address)
+        check_backend_choice(self.backend, self.ray_address)
 
 
 @dataclass

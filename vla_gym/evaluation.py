@@ -319,8 +319,7 @@ def evaluate(
         recorder = _VideoRecorder(path)
     policy = policy_factory(env)
     bar = _progress_bar(len(seeds)) if progress else None
-    successes, total_length = 0, 0
-    per_target: dict[str, dict[str, int]] = {}
+    successes = 0
     log: list[dict[str, Any]] = []
     try:
         for index, seed in enumerate(seeds):
@@ -351,10 +350,6 @@ def evaluate(
                 if index == min(video_episodes, len(seeds)) - 1:
                     recorder.finish()  # the video is complete: write it now, not after all episodes
             successes += success
-            total_length += length
-            cell = per_target.setdefault(colour, {"episodes": 0, "successes": 0})
-            cell["episodes"] += 1
-            cell["successes"] += success
             log.append(
                 {
                     "seed": seed,
@@ -375,7 +370,7 @@ def evaluate(
             recorder.abort()
         if bar is not None:
             bar.close()
-    return EvalResult(len(seeds), successes, total_length / max(len(seeds), 1), per_target, log)
+    return EvalResult.from_episodes(log)
 
 
 def _progress_bar(total: int):

@@ -124,13 +124,9 @@ class AgentConfig:
     ray_address: str | None = None
 
     def __post_init__(self) -> None:
-        from vla_gym.backends import BACKENDS, check_ray_address
+        from vla_gym.backends import check_backend_choice
 
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
-        if self.ray_address is not None and self.backend != "ray":
-            raise ValueError("ray_address needs backend='ray'")
-        check_ray_address(self.ray_address)
+        check_backend_choice(self.backend, self.ray_address)
         for name in ("demo_episodes", "eval_episodes", "eval_workers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")

@@ -31,7 +31,7 @@ from vla_gym.data.format import (
     SHARD_INDEX_FILE,
     role_positions_key,
 )
-from vla_gym.backends import BACKENDS, Backend, check_ray_address, make_backend
+from vla_gym.backends import Backend, check_backend_choice, make_backend
 from vla_gym.cli_checks import MAX_EPISODES
 from vla_gym.fileio import FILE_MODE, TEMP_MARK, append_jsonl, atomic_path, atomic_write_text, sweep_stale_temps
 from vla_gym.rundir import OutputError, check_output_dir, check_output_file
@@ -105,11 +105,7 @@ class CollectConfig:
     shard_episodes: int | None = None
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
-        if self.ray_address is not None and self.backend != "ray":
-            raise ValueError("ray_address needs backend='ray'")
-        check_ray_address(self.ray_address)
+        check_backend_choice(self.backend, self.ray_address)
         if self.shard_episodes is not None:
             if not self.shards:
                 raise ValueError("shard_episodes needs shards=True (a single-file output is not sharded)")
