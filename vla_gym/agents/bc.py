@@ -57,7 +57,8 @@ from vla_gym.agents.distributed import (
     init_process_group,
     mean_over_ranks,
 )
-from vla_gym.agents.network import TARGET_OFFSET_SCALE, NetworkConfig, VLAActorCriticPolicy, info_nce
+from vla_gym.agents.network import NetworkConfig, VLAActorCriticPolicy, info_nce
+from vla_gym.agents.privileged import auxiliary_losses
 from vla_gym.data.augment import AugmentConfig, augment_batch
 from vla_gym.fileio import append_jsonl, atomic_write_text
 from vla_gym.data.dataset import DemoDataset, check_env_matches, collate_batch
@@ -239,8 +240,7 @@ class _Losses(torch.nn.Module):
         log_prob = distribution.log_prob(actions.float())
         nll = -log_prob.float().mean() / actions.shape[1]  # per action dimension
         value_loss = F.mse_loss(values.float().squeeze(-1), returns.float())
-        offset_loss = F.mse_loss(aux["target_offset"].float(), batch["target_offset"].float() / TARGET_OFFSET_SCALE)
-        where_loss = F.mse_loss(aux["where"][:, 0].float(), batch["target_uv"].float())
+        offset_loss, where_loss = auxiliary_losses(aux, batch["target_offset"], batch["target_uv"])
         loss = (
             nll + self.config.value_coef * value_loss + self.config.target_coef * offset_loss
             + self.config.attention_coef * where_loss

@@ -23,7 +23,12 @@ survives. :class:`VLAPPO` adds what keeps a BC policy from collapsing when PPO t
 * optional **potential-based shaping** (``shaping``, :mod:`vla_gym.agents.shaping`) by the
   task's dense progress, which keeps the sparse task's optimal policies;
 * an optional **exploration std** (``start_log_std``) in place of BC's, which measures the
-  imitation error rather than a useful amount of exploration.
+  imitation error rather than a useful amount of exploration;
+* optional **privileged auxiliary losses on the trunk** (``aux_epochs``,
+  :mod:`vla_gym.agents.privileged`): with PPO's gradient kept out of the trunk
+  (``trunk_lr_scale=0``), the trunk still learns, from BC's two auxiliary losses (where the
+  goal object is, relative to the gripper and in the image) on the rollout's own frames,
+  with the simulator's state as the label.
 
 Outputs in ``out``: ``policy.pt`` (best eval success on held-out seeds, then shortest
 episodes), ``last.pt`` (training state for ``resume``), ``config.json``,
@@ -31,7 +36,8 @@ episodes), ``last.pt`` (training state for ``resume``), ``config.json``,
 and ``eval/mean_length`` (deterministic, held-out seeds), ``rollout/success_rate`` and
 ``rollout/ep_len_mean`` (the training episodes), ``train/value_loss``,
 ``train/explained_variance``, ``train/approx_kl``, ``train/clip_fraction``,
-``train/entropy_loss``, ``train/std``, ``train/sil_loss`` and ``time/env_steps_per_second``
+``train/entropy_loss``, ``train/std``, ``train/sil_loss``, ``train/aux_target_loss``,
+``train/aux_attention_loss`` and ``time/env_steps_per_second``
 (rollouts and updates; evaluations excluded).
 """
 
@@ -71,6 +77,7 @@ from vla_gym.agents.checkpoint import (
     save_checkpoint,
 )
 from vla_gym.agents.network import MAX_LOG_STD_INIT, MIN_LOG_STD_INIT, NetworkConfig, VLAActorCriticPolicy
+from vla_gym.agents.privileged import PrivilegedRollout, PrivilegedTargets, auxiliary_losses, valid_targets
 from vla_gym.data.format import env_args as make_env_args
 from vla_gym.fileio import append_jsonl, atomic_write_text
 
@@ -90,12 +97,13 @@ INT_BOUNDS: dict[str, tuple[int, int | None]] = {
     "n_epochs": (1, 1_000), "critic_warmup_rollouts": (0, None), "critic_warmup_epochs": (1, 1_000),
     "bc_batch_size": (1, 65_536), "eval_every": (0, None), "eval_episodes": (1, 1_000_000), "eval_seed": (0, 2**31 - 1),
     "checkpoint_every": (1, None), "seed": (0, MAX_SEED), "sil_capacity": (1, 1_000_000),
+    "aux_epochs": (0, 1_000), "aux_batch_size": (1, 65_536),
 }
 #: A rollout held in RAM may take at most this many bytes (see ``_check_rollout_size``).
 MAX_ROLLOUT_BYTES = 16 * 2**30
 RGB_BYTES, DEPTH_BYTES, OTHER_FRAME_BYTES = 3, 4, 8 * 4 + 128 + 64
 #: Entries of a PPO ``last.pt`` besides the weights, and keys of its meta.
-TRAINING_STATE_KEYS = ("optimizer", "torch_rng")
+TRAINING_STATE_KEYS = ("optimizer", "torch_rng")  # and "aux_optimizer" with aux_epochs > 0
 TRAINING_META_KEYS = ("ppo", "timesteps", "n_updates", "rollouts_trained", "history", "best")
 
 
@@ -141,6 +149,13 @@ class PPOConfig:
             the rollouts to resemble the deterministic policy being improved.
         detach_critic: the value loss trains only the critic's MLP and head, not the shared
             trunk (vision, language, fusion), which then learns from the policy loss alone.
+        aux_epochs: passes of the privileged auxiliary losses (goal offset from the gripper,
+            goal position in the image; :mod:`vla_gym.agents.privileged`) over each rollout's
+            frames after its PPO update, training the trunk alone (0 = off; needs
+            ``trunk_lr_scale=0``, so PPO's own gradient trains only the heads).
+        aux_lr: Adam learning rate of those passes.
+        aux_batch_size: frames per step of those passes.
+        aux_target_coef, aux_attention_coef: weights of the two losses (BC's defaults).
         network: :class:`NetworkConfig` fields, only when ``init`` is None.
         eval_every: env steps between evaluations (also at the start and the end).
         eval_episodes: episodes per evaluation, on seeds ``eval_seed, eval_seed + 1, ...``.
@@ -183,6 +198,11 @@ class PPOConfig:
     sil_capacity: int = 8192
     start_log_std: float | None = None
     detach_critic: bool = False
+    aux_epochs: int = 0
+    aux_lr: float = 3e-4
+    aux_batch_size: int = 128
+    aux_target_coef: float = 1.0
+    aux_attention_coef: float = 10.0
     network: dict[str, Any] | None = None
     eval_every: int = 10_000
     eval_episodes: int = 50
@@ -198,9 +218,9 @@ class PPOConfig:
         # learning rate or loss weight would train a poisoned policy (and checkpoint it).
         for name, (low, high) in INT_BOUNDS.items():
             setattr(self, name, bounded_int(name, getattr(self, name), low, high))
-        for name in ("lr", "critic_lr", "clip_range", "max_grad_norm"):
+        for name in ("lr", "critic_lr", "clip_range", "max_grad_norm", "aux_lr"):
             setattr(self, name, finite_float(name, getattr(self, name), 0.0, low_open=True))
-        for name in ("ent_coef", "vf_coef", "bc_coef", "shaping", "sil_coef"):
+        for name in ("ent_coef", "vf_coef", "bc_coef", "shaping", "sil_coef", "aux_target_coef", "aux_attention_coef"):
             setattr(self, name, finite_float(name, getattr(self, name), 0.0))
         self.trunk_lr_scale = finite_float("trunk_lr_scale", self.trunk_lr_scale, 0.0, 10.0)
         for name in ("gamma", "gae_lambda", "bc_decay"):
@@ -212,6 +232,11 @@ class PPOConfig:
                 self.target_kl = finite_float("target_kl", self.target_kl, 0.0, low_open=True)
             except ValueError:
                 raise ValueError(f"target_kl must be > 0 or None, got {self.target_kl!r}") from None
+        if self.aux_epochs and self.trunk_lr_scale != 0:
+            raise ValueError(
+                f"aux_epochs={self.aux_epochs} trains the trunk with the auxiliary losses alone and needs "
+                f"trunk_lr_scale=0 (got {self.trunk_lr_scale}); set aux_epochs=0 to train the trunk with PPO's loss"
+            )
         if self.vec_env not in VEC_ENVS:
             raise ValueError(f"vec_env={self.vec_env!r} is not available; choose one of {VEC_ENVS}")
         if self.batch_size > self.n_steps * self.n_envs:
@@ -372,6 +397,10 @@ class VLAPPO(PPO):
         demo_batches: ``() -> (obs, actions)`` for the BC term (needed by ``learn`` when
             ``bc_coef > 0``; it may be set after construction, once the policy exists).
         memory_seed: seeds the self-imitation memory's sampling (the run's training seed).
+        aux_epochs, aux_lr, aux_batch_size, aux_target_coef, aux_attention_coef: the
+            privileged auxiliary passes over each rollout (see :class:`PPOConfig`); they
+            need a frozen trunk and envs wrapped in
+            :class:`~vla_gym.agents.privileged.PrivilegedTargets`.
 
     With a frozen trunk the update computes the rollout's features once (no gradient) and
     runs every epoch on them, and the self-imitation memory keeps features, not frames: an
@@ -392,9 +421,18 @@ class VLAPPO(PPO):
         demo_batches: Callable[[], tuple[dict[str, torch.Tensor], torch.Tensor]] | None = None,
         detach_critic: bool = False,
         memory_seed: int = 0,
+        aux_epochs: int = 0,
+        aux_lr: float = 3e-4,
+        aux_batch_size: int = 128,
+        aux_target_coef: float = 1.0,
+        aux_attention_coef: float = 10.0,
         **kwargs: Any,
     ) -> None:
         self.memory_seed = memory_seed
+        self.aux_epochs, self.aux_lr, self.aux_batch_size = aux_epochs, aux_lr, aux_batch_size
+        self.aux_target_coef, self.aux_attention_coef = aux_target_coef, aux_attention_coef
+        self.aux_optimizer: torch.optim.Optimizer | None = None
+        self.privileged: PrivilegedRollout | None = None
         self.critic_lr_scale = critic_lr_scale
         self.trunk_lr_scale = trunk_lr_scale
         self.sil_coef = sil_coef
@@ -428,12 +466,18 @@ class VLAPPO(PPO):
 
     def _setup_model(self) -> None:
         super()._setup_model()
+        if self.aux_epochs and not self.trunk_frozen:
+            raise ValueError("aux_epochs > 0 needs trunk_lr_scale=0: the auxiliary losses alone train the trunk")
         if self.sil_coef > 0:
-            encode = self.policy.extract_features if self.trunk_frozen else None
+            # Features go stale once the auxiliary passes move the trunk: then keep frames.
+            encode = self.policy.extract_features if self.trunk_frozen and not self.aux_epochs else None
             self.success_memory = SuccessMemory(self.n_envs, self.sil_capacity, self.memory_seed, self.device, encode)
         critic = {id(p) for p in critic_parameters(self.policy)}
         trunk = list(self.policy.features_extractor.parameters())
-        if self.trunk_lr_scale == 0:  # frozen: no gradient is even computed through it
+        if self.aux_epochs:  # PPO's losses see the trunk's features without gradient
+            self.aux_optimizer = torch.optim.Adam(trunk, lr=self.aux_lr, eps=ADAM_EPS)
+            self.privileged = PrivilegedRollout(self.n_steps, self.n_envs)
+        elif self.trunk_lr_scale == 0:  # frozen: no gradient is even computed through it
             for param in trunk:
                 param.requires_grad_(False)
         trunk_ids = {id(p) for p in trunk}
@@ -476,6 +520,8 @@ class VLAPPO(PPO):
             self._warm_up_critic()
         else:
             self._train_actor_critic()
+        if self.aux_epochs:
+            self._train_trunk_auxiliary()
         bad = next(non_finite_tensors(dict(self.policy.named_parameters()), "policy"), None)
         if bad is not None:
             raise NonFiniteError(
@@ -514,8 +560,53 @@ class VLAPPO(PPO):
         self.logger.record("train/value_loss", float(np.mean(losses)))
 
     def _features(self, inputs: dict[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
-        """The trunk's features (B, F) of observations, or ``inputs`` itself if they already are."""
-        return inputs if isinstance(inputs, torch.Tensor) else self.policy.extract_features(inputs)
+        """The trunk's features (B, F) of observations, or ``inputs`` itself if they already
+        are; with a frozen trunk no gradient reaches it."""
+        if isinstance(inputs, torch.Tensor):
+            return inputs
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.trunk_frozen):
+            return self.policy.extract_features(inputs)
+
+    def _rollout_frames(self) -> dict[str, torch.Tensor]:
+        """The rollout's observations (n_steps * n_envs, ...) in the buffer's flattened order."""
+        buffer = self.rollout_buffer
+        out = {}
+        for key, value in buffer.observations.items():
+            if not buffer.generator_ready:  # (n_steps, n_envs, ...) -> env-major, as SB3 flattens
+                value = value.swapaxes(0, 1).reshape(-1, *value.shape[2:])
+            out[key] = torch.as_tensor(value, device=self.device)
+        return out
+
+    def _train_trunk_auxiliary(self) -> None:
+        """``aux_epochs`` passes of the privileged auxiliary losses over the rollout's frames,
+        stepping the trunk's own optimizer (the heads and the critic are not touched)."""
+        frames = self._rollout_frames()
+        targets = torch.as_tensor(self.privileged.flat(), device=self.device)
+        usable = valid_targets(targets).nonzero().flatten()
+        extractor, trunk = self.policy.features_extractor, self.aux_optimizer.param_groups[0]["params"]
+        logs: dict[str, list[float]] = {"target": [], "attention": []}
+        self.logger.record("train/aux_frames_dropped", 1.0 - len(usable) / len(targets))
+        for _ in range(self.aux_epochs if len(usable) else 0):
+            for index in usable[torch.randperm(len(usable), device=self.device)].split(self.aux_batch_size):
+                obs = {k: v[index] for k, v in frames.items()}
+                extractor.keep_auxiliary = True
+                try:
+                    extractor(obs)
+                finally:
+                    extractor.keep_auxiliary = False
+                offset_loss, where_loss = auxiliary_losses(
+                    extractor.pop_auxiliary(), targets[index, :3] - obs["proprio"][:, :3], targets[index, 3:]
+                )
+                loss = self.aux_target_coef * offset_loss + self.aux_attention_coef * where_loss
+                self.aux_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trunk, self.max_grad_norm)
+                self.aux_optimizer.step()
+                logs["target"].append(offset_loss.item())
+                logs["attention"].append(where_loss.item())
+        if logs["target"]:
+            self.logger.record("train/aux_target_loss", float(np.mean(logs["target"])))
+            self.logger.record("train/aux_attention_loss", float(np.mean(logs["attention"])))
 
     def _evaluate_actions(self, inputs, actions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """SB3's ``evaluate_actions`` on observations or precomputed features; with
@@ -622,6 +713,8 @@ class _EvalAndCheckpoint(BaseCallback):
         self.eval_at_start = 0.0
 
     def _on_training_start(self) -> None:
+        if self.model.privileged is not None:
+            self.model.privileged.start(self.training_env.reset_infos)
         if self.trainer.config.progress:
             from tqdm.auto import tqdm
 
@@ -654,6 +747,10 @@ class _EvalAndCheckpoint(BaseCallback):
 
     def _on_step(self) -> bool:
         model = self.model
+        if model.privileged is not None:
+            model.privileged.record(
+                model.rollout_buffer.pos, self.locals["dones"], self.locals["infos"], self.training_env.reset_infos
+            )
         if model.success_memory is not None:
             model.success_memory.record(model._last_obs, self.locals["actions"], self.locals["dones"], self.locals["infos"])
         if self.bar is not None:
@@ -709,7 +806,9 @@ class _Trainer:
             sil_coef=config.sil_coef, sil_capacity=config.sil_capacity,
             critic_warmup_rollouts=config.critic_warmup_rollouts,
             critic_warmup_epochs=config.critic_warmup_epochs, bc_coef=config.bc_coef, bc_decay=config.bc_decay,
-            detach_critic=config.detach_critic, memory_seed=config.seed,
+            detach_critic=config.detach_critic, memory_seed=config.seed, aux_epochs=config.aux_epochs,
+            aux_lr=config.aux_lr, aux_batch_size=config.aux_batch_size, aux_target_coef=config.aux_target_coef,
+            aux_attention_coef=config.aux_attention_coef,
         )
         try:
             self.model = VLAPPO(VLAActorCriticPolicy, self.env, **model_kwargs)
@@ -752,15 +851,18 @@ class _Trainer:
         }
 
     def save_last(self) -> None:
+        extra = {"aux_optimizer": self.model.aux_optimizer.state_dict()} if self.model.aux_optimizer else {}
         save_checkpoint(
             self.last_path, self.model.policy, self.meta(),
-            optimizer=self.model.policy.optimizer.state_dict(), torch_rng=torch.get_rng_state(),
+            optimizer=self.model.policy.optimizer.state_dict(), torch_rng=torch.get_rng_state(), **extra,
         )
 
     def _restore(self, state: dict[str, Any]) -> None:
         meta, model = state["meta"], self.model
         model.policy.load_state_dict(state["policy"])
         model.policy.optimizer.load_state_dict(state["optimizer"])
+        if model.aux_optimizer is not None:
+            model.aux_optimizer.load_state_dict(state["aux_optimizer"])
         torch.set_rng_state(state["torch_rng"].cpu())
         model.num_timesteps = int(meta["timesteps"])
         model._n_updates = int(meta["n_updates"])
@@ -856,17 +958,22 @@ def _make_vec_env(config: PPOConfig, seed: int):
     if kind == "auto":
         kind = "subproc" if config.n_envs > 1 else "dummy"
     shaping = {"shaping": config.shaping, "gamma": config.gamma} if config.shaping else {}
+    privileged = {"privileged": True} if config.aux_epochs else {}
     return make_vec_env(
         _make_env, n_envs=config.n_envs, seed=seed,
-        env_kwargs={"env_id": config.env_id, "env_kwargs": config.env_kwargs or {}, **shaping},
+        env_kwargs={"env_id": config.env_id, "env_kwargs": config.env_kwargs or {}, **shaping, **privileged},
         vec_env_cls=SubprocVecEnv if kind == "subproc" else DummyVecEnv,
     )
 
 
-def _make_env(env_id: str, env_kwargs: dict[str, Any], shaping: float = 0.0, gamma: float = 0.99) -> gym.Env:
+def _make_env(
+    env_id: str, env_kwargs: dict[str, Any], shaping: float = 0.0, gamma: float = 0.99, privileged: bool = False
+) -> gym.Env:
     """Env factory for the vectorised envs; importing vla_gym registers the ids in worker processes."""
     importlib.import_module("vla_gym")
     env = gym.make(env_id, **env_kwargs)
+    if privileged:
+        env = PrivilegedTargets(env)
     if shaping:
         from vla_gym.agents.shaping import PotentialShaping
 
@@ -894,7 +1001,8 @@ def _check_observations(path: str, policy: VLAActorCriticPolicy, env_args: dict[
 def _check_resumable(path: Path, state: dict[str, Any], config: PPOConfig) -> None:
     """``state`` must be a PPO ``last.pt`` made with ``config`` (up to :data:`RESUMABLE_CHANGES`)."""
     check_training_state(
-        path, state, "ppo", config.to_dict(), meta_keys=TRAINING_META_KEYS, state_keys=TRAINING_STATE_KEYS,
+        path, state, "ppo", config.to_dict(), meta_keys=TRAINING_META_KEYS,
+        state_keys=TRAINING_STATE_KEYS + (("aux_optimizer",) if config.aux_epochs else ()),
         may_change=RESUMABLE_CHANGES, guess="a train-bc run directory?",
         remedy="resume a train-ppo run directory, or start PPO into a new out directory",
     )
