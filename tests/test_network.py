@@ -10,6 +10,7 @@ import torch
 from stable_baselines3.common.preprocessing import preprocess_obs
 
 from vla_gym.agents.network import (
+    LEGACY_VOCABULARY,
     VOCABULARY,
     NetworkConfig,
     Tokenizer,
@@ -18,6 +19,7 @@ from vla_gym.agents.network import (
 )
 from vla_gym.envs.language import encode_instruction
 from vla_gym.envs.spaces import make_action_space, make_observation_space
+from vla_gym.envs.tasks import TASKS
 
 SMALL = {"channels": [8, 16, 16], "features_dim": 32, "net_arch": {"pi": [32], "vf": [32]}}
 
@@ -99,7 +101,7 @@ def test_unknown_words_change_nothing_and_colours_steer():
             "pick up the red cube",
             "kindly pick up the red cube, thanks!",
             "PICK UP THE RED CUBE",
-            "pick up the red cube from the table, the red cube",
+            "pick up the red cube off the table, the red cube",
             "pick up the blue cube",
         ],
     )
@@ -264,3 +266,103 @@ def test_obs_to_tensor_matches_sb3_without_copying_and_names_bad_shapes():
         policy.obs_to_tensor({k: v for k, v in one.items() if k != "depth"})
     with pytest.raises(ValueError, match="mixes batched and single entries"):
         policy.obs_to_tensor({**one, "rgb": many["rgb"]})
+
+
+# --- the vocabulary: every task's train words, recorded in the checkpoint ------------------
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_vocabulary_holds_every_task_train_word_and_no_test_only_word(task):
+    train_words = set().union(*(t.words("train") for t in TASKS.values()))
+    test_only = TASKS[task].words("test") - train_words
+    assert TASKS[task].words("train") <= set(VOCABULARY)
+    assert not test_only & set(VOCABULARY), test_only & set(VOCABULARY)
+    tokenizer = Tokenizer()
+    for word in sorted(test_only):
+        assert tokenizer.encode_text(word)[0] == 1, word  # <unk>
+
+
+def test_vocabulary_is_sorted_and_covers_colours_shapes_and_fixtures():
+    from vla_gym.envs.scene import COLOURS, FIXTURE_KINDS, SHAPES
+
+    assert VOCABULARY[:2] == ("<pad>", "<unk>") and list(VOCABULARY[2:]) == sorted(VOCABULARY[2:])
+    assert {*COLOURS, *SHAPES, *FIXTURE_KINDS} <= set(VOCABULARY)
+    assert set(LEGACY_VOCABULARY) < set(VOCABULARY)  # pick's words are still known
+    assert NetworkConfig().to_dict()["vocabulary"] == list(VOCABULARY)
+
+
+@pytest.mark.parametrize(
+    "vocabulary, message",
+    [
+        (["red", "cube"], "must start with"),
+        (["<pad>", "<unk>", "Red"], "lower-case"),
+        (["<pad>", "<unk>", "red", "red"], "repeated: \\['red'\\]"),
+        ("<pad> <unk>", "must be a list"),
+    ],
+)
+def test_bad_vocabulary_is_refused(vocabulary, message):
+    with pytest.raises(ValueError, match=message):
+        NetworkConfig(vocabulary=vocabulary)
+
+
+def test_a_given_vocabulary_sizes_the_word_embedding():
+    vocabulary = ["<pad>", "<unk>", "push", "red"]
+    extractor = make_policy(network={**SMALL, "vocabulary": vocabulary}).features_extractor
+    assert extractor.language.embed.num_embeddings == 4
+    assert extractor.tokenizer.encode_text("push the red cube")[:3].tolist() == [2, 1, 3]
+
+
+def _save_tiny(path, network: dict, drop_vocabulary: bool = False):
+    from vla_gym.agents.checkpoint import build_policy, save_checkpoint
+    from vla_gym.data.format import env_args
+
+    policy = build_policy(env_args("VLAPick-v0"), network, "cpu")
+    meta_network = policy.network_config.to_dict()
+    if drop_vocabulary:  # as every checkpoint saved before the vocabulary was recorded
+        del meta_network["vocabulary"]
+    save_checkpoint(path, policy, {"env": env_args("VLAPick-v0"), "network": meta_network})
+    return policy
+
+
+def test_checkpoint_without_a_recorded_vocabulary_loads_with_the_legacy_one(tmp_path):
+    from vla_gym.agents.checkpoint import load_policy, read_checkpoint
+
+    path = tmp_path / "old.pt"
+    saved = _save_tiny(path, {**SMALL, "vocabulary": list(LEGACY_VOCABULARY)}, drop_vocabulary=True)
+    loaded = load_policy(path, device="cpu")
+    assert loaded.network_config.vocabulary == LEGACY_VOCABULARY
+    assert loaded.features_extractor.language.embed.num_embeddings == len(LEGACY_VOCABULARY)
+    assert read_checkpoint(path)["meta"]["network"]["vocabulary"] == list(LEGACY_VOCABULARY)
+    obs = random_obs(2, ["grab the red ball", "pick up the blue cube"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.extract_features(obs, loaded.features_extractor),
+                                   saved.extract_features(obs, saved.features_extractor))
+
+
+def test_checkpoint_records_its_vocabulary_and_loads_with_it(tmp_path):
+    from vla_gym.agents.checkpoint import load_policy, read_checkpoint
+
+    path = tmp_path / "new.pt"
+    vocabulary = ["<pad>", "<unk>", "cube", "pick", "red", "up"]
+    _save_tiny(path, {**SMALL, "vocabulary": vocabulary})
+    assert read_checkpoint(path)["meta"]["network"]["vocabulary"] == vocabulary
+    assert load_policy(path, device="cpu").network_config.vocabulary == tuple(vocabulary)
+
+
+def test_checkpoint_lacking_a_task_words_says_which(tmp_path, make_env):
+    import warnings
+
+    from vla_gym.agents.checkpoint import CheckpointError, VocabularyWarning, check_task_vocabulary
+    from vla_gym.evaluation import policy_from_spec
+
+    path = tmp_path / "pick_only.pt"
+    _save_tiny(path, {**SMALL, "vocabulary": list(LEGACY_VOCABULARY)}, drop_vocabulary=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VocabularyWarning)  # pick on pick: silent
+        policy_from_spec(str(path), make_env("VLAPick-v0"), device="cpu")
+    with pytest.warns(VocabularyWarning, match=r"VLAPlace-v0.*task 'place' lacks \['bowl', 'in', 'into',") as record:
+        policy = policy_from_spec(str(path), make_env("VLAPlace-v0"), device="cpu")
+    assert str(path) in str(record[0].message)
+    with pytest.raises(CheckpointError, match=r"task 'push' lacks \[.*'push'.*'zone'\]"):
+        check_task_vocabulary(str(path), policy.network_config, ["pick", "push"], env_name="VLAPush-v0", strict=True)
+    assert not check_task_vocabulary("new.pt", NetworkConfig(), ["pick", "push"], env_name="VLAPush-v0", strict=True)

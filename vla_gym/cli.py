@@ -230,6 +230,10 @@ def _train_bc_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=LEARNING_RATE, default=defaults.lr)
     p.add_argument("--contrastive-coef", type=COEFFICIENT, default=defaults.contrastive_coef,
                    help="weight of the InfoNCE vision-language loss (0: off)")
+    p.add_argument("--language-encoder", default=defaults.network["language_encoder"],
+                   help="'words' (a word encoder trained with the policy) or a sentence-transformers model, by "
+                        "local directory or hub name (e.g. sentence-transformers/all-MiniLM-L6-v2), used frozen; "
+                        "needs pip install -e \".[language]\"")
     p.add_argument("--rollout-every", type=int_option(0, MAX_EPOCHS, " (0: no rollouts)"),
                    default=defaults.rollout_every, help="epochs between env checks (0: none)")
     p.add_argument("--rollout-episodes", type=int_option(1, 10_000, " (no rollouts: --rollout-every 0)"),
@@ -430,6 +434,7 @@ def _run_train_bc(args: argparse.Namespace) -> None:
     """Also the entry of ``torchrun ... -m vla_gym.agents.bc``: every rank runs it; rank 0 prints."""
     from vla_gym.agents.bc import BCConfig, train_bc
     from vla_gym.agents.distributed import distributed_context
+    from vla_gym.agents.network import NetworkConfig
 
     context = distributed_context()
     if context.enabled and args.staged:
@@ -444,6 +449,7 @@ def _run_train_bc(args: argparse.Namespace) -> None:
         rollout_episodes=args.rollout_episodes, env_id=args.env, env_kwargs=args.env_kwargs,
         device=args.device, amp=not args.no_amp, in_memory=not args.lazy, num_workers=args.num_workers,
         seed=args.seed, resume=args.resume, progress=not args.no_progress,
+        network=NetworkConfig(language_encoder=args.language_encoder).to_dict(),
     )
     with _run_directory(args) as build:
         result = train_bc(dataclasses.replace(config, out=str(build)))

@@ -207,6 +207,7 @@ def _checks_collect(args: argparse.Namespace) -> None:
 
 def _checks_train_bc(args: argparse.Namespace) -> None:
     check_demo_input(args.data, "--data")
+    check_language_encoder(args.language_encoder, "--language-encoder")
     if args.env_kwargs is not None and args.env is None:
         from vla_gym.data.dataset import read_env_args
 
@@ -219,6 +220,19 @@ def _checks_train_bc(args: argparse.Namespace) -> None:
     args.staged = claim_run_directory(args.out, "--out", args.resume, args.overwrite)
     if args.resume:
         _check_run_kind(Path(args.out), "train-bc")
+
+
+def check_language_encoder(name: str, option: str) -> None:
+    """A sentence encoder ``name`` must load (its package installed, its model found) before
+    any work; the word encoder needs nothing."""
+    from vla_gym.agents.network import WORD_ENCODER, LanguageExtraMissingError, NetworkConfig, resolve_language_encoder
+
+    if name == WORD_ENCODER:
+        return
+    try:
+        resolve_language_encoder(NetworkConfig(language_encoder=name))
+    except (LanguageExtraMissingError, ValueError) as err:
+        raise OptionError(f"{option} {name!r}: {err}") from None
 
 
 def _image_size_of_policy(args: argparse.Namespace) -> tuple[int, str]:

@@ -407,7 +407,9 @@ def policy_from_spec(spec: str, env: gym.Env, device: str = "auto", seed: int = 
     ``"scripted"``: :class:`~vla_gym.envs.experts.ScriptedExpert` (privileged expert for
     whatever task each episode runs);
     ``"random"``: :class:`RandomPolicy` on ``env.action_space`` seeded with ``seed``;
-    anything else: a checkpoint file loaded by ``vla_gym.agents.load_policy(spec, device=device)``.
+    anything else: a checkpoint file loaded by ``vla_gym.agents.load_policy(spec, device=device)``;
+    a :class:`~vla_gym.agents.checkpoint.VocabularyWarning` when its word vocabulary lacks
+    words of ``env``'s tasks.
     """
     if spec == "scripted":
         from vla_gym.envs.experts import ScriptedExpert
@@ -419,7 +421,7 @@ def policy_from_spec(spec: str, env: gym.Env, device: str = "auto", seed: int = 
         raise FileNotFoundError(
             f"policy {spec!r} is not one of {list(POLICY_SPECS)} and no checkpoint file exists at that path"
         )
-    from vla_gym.agents import load_policy
+    from vla_gym.agents.checkpoint import check_task_vocabulary, load_policy
 
     policy = load_policy(spec, device=device)
     wanted = {k: space.shape for k, space in policy.observation_space.spaces.items()}
@@ -429,6 +431,10 @@ def policy_from_spec(spec: str, env: gym.Env, device: str = "auto", seed: int = 
             f"checkpoint {spec!r} was trained on observations shaped {wanted}, but this env gives {given} "
             f"(its env kwargs were {policy.checkpoint_meta['env']['env_kwargs']})"
         )
+    # A warning, not an error: measuring a policy on tasks whose words it never learnt is a
+    # fair (transfer) experiment, as long as the reader is told.
+    env_name = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+    check_task_vocabulary(spec, policy.network_config, env.unwrapped.config.tasks, env_name=env_name)
     return policy
 
 

@@ -248,8 +248,7 @@ class _Losses(torch.nn.Module):
         out = {"nll": nll, "value_loss": value_loss, "target_loss": offset_loss, "attention_loss": where_loss}
         out["action_mse"] = F.mse_loss(distribution.distribution.mean.float().detach(), actions.float())
         if self.config.contrastive_coef > 0:
-            ids = extractor.tokenizer(obs["instruction"])
-            same_goal = (ids[:, None, :] == ids[None, :, :]).all(-1)  # same instruction: not a negative
+            same_goal = extractor.same_instruction(obs["instruction"])  # same instruction: not a negative
             contrastive = info_nce(
                 aux["vision"].float(), aux["language"].float(), self.config.contrastive_temperature, same_goal
             )
@@ -434,9 +433,10 @@ class _BCTrainer:
 
     def meta(self) -> dict[str, Any]:
         return {
-            "env": self.env_args, "network": self.config.network, "bc": self.config.to_dict(), "step": self.step,
-            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "history": self.history, "best": self.best,
-            "data_fingerprint": self.train_set.fingerprint, "rng": capture_host_rng(),
+            # The policy's own config: a sentence encoder's embedding size filled in.
+            "env": self.env_args, "network": self.policy.network_config.to_dict(), "bc": self.config.to_dict(),
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "history": self.history,
+            "best": self.best, "data_fingerprint": self.train_set.fingerprint, "rng": capture_host_rng(),
         }
 
     def close(self) -> None:

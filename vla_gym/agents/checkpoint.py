@@ -5,19 +5,32 @@ A checkpoint is a ``torch.save`` of a dict holding only tensors, numbers and str
 config, step, metrics) and ``policy`` (the state dict), plus training state in resumable
 checkpoints. It is read with ``torch.load(..., weights_only=True)``, so a file can never
 run code on load, and written to a temporary name then renamed, so it is never half written.
+
+The network config in ``meta`` records the word encoder's vocabulary (or the sentence
+encoder's name and embedding size); a checkpoint saved before it did is read with
+:data:`~vla_gym.agents.network.LEGACY_VOCABULARY` (:func:`with_recorded_vocabulary`).
+:func:`check_task_vocabulary` says when a policy meets an env whose words it cannot read.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vla_gym.agents.network import NetworkConfig, VLAActorCriticPolicy
+from vla_gym.agents.network import (
+    LEGACY_VOCABULARY,
+    UNK,
+    WORD_ENCODER,
+    NetworkConfig,
+    VLAActorCriticPolicy,
+    resolve_language_encoder,
+)
 from vla_gym.data.format import validate_env_args
 from vla_gym.envs.spaces import make_action_space, make_observation_space
 from vla_gym.fileio import atomic_path
@@ -47,6 +60,10 @@ class NonFiniteError(CheckpointError):
     """A checkpoint, read or about to be written, holding NaN or infinite values."""
 
 
+class VocabularyWarning(UserWarning):
+    """A policy's word vocabulary lacks words that an env's train-split instructions use."""
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"``: CUDA when present, else CPU. Asking for CUDA without it is an error."""
     if isinstance(device, torch.device):
@@ -74,7 +91,8 @@ def build_policy(env_args: dict[str, Any], network: dict[str, Any] | NetworkConf
     ``ValueError`` if the env description is malformed or the policy would exceed
     :data:`MAX_POLICY_PARAMETERS` (checked before any weight is allocated).
     """
-    network = network.to_dict() if isinstance(network, NetworkConfig) else NetworkConfig(**(network or {})).to_dict()
+    config = network if isinstance(network, NetworkConfig) else NetworkConfig(**(network or {}))
+    network = resolve_language_encoder(config).to_dict()  # loads a sentence encoder here, not on the meta device
     image_size = int(validate_env_args(env_args)["env_config"]["image_size"])
 
     def make() -> VLAActorCriticPolicy:
@@ -85,10 +103,15 @@ def build_policy(env_args: dict[str, Any], network: dict[str, Any] | NetworkConf
         count = sum(p.numel() for p in make().parameters())
     if count > MAX_POLICY_PARAMETERS:
         raise ValueError(
-            f"a network of {count:,} parameters (image_size {image_size}, network {network}) exceeds the "
+            f"a network of {count:,} parameters (image_size {image_size}, network {_sizes(network)}) exceeds the "
             f"limit of {MAX_POLICY_PARAMETERS:,}; use smaller channels, widths or images"
         )
     return make().to(resolve_device(device))
+
+
+def _sizes(network: dict[str, Any]) -> dict[str, Any]:
+    """A network config for a message: its vocabulary as a word count."""
+    return {**network, "vocabulary": f"{len(network['vocabulary'])} words"}
 
 
 def first_non_finite(payload: dict[str, Any]) -> str | None:
@@ -192,10 +215,60 @@ def _parse_meta(text: Any, path: str) -> dict[str, Any]:
     try:
         if not isinstance(meta["network"], dict):
             raise ValueError(f"must be a JSON object, got {type(meta['network']).__name__}")
+        meta["network"] = with_recorded_vocabulary(meta["network"])
         NetworkConfig(**meta["network"])
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"checkpoint {path!r}: meta['network'] is not a valid network config: {err}") from None
     return meta
+
+
+def with_recorded_vocabulary(network: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's network config with its word vocabulary: a checkpoint saved before
+    the vocabulary was recorded (no ``vocabulary`` key, the word encoder) was trained with
+    :data:`~vla_gym.agents.network.LEGACY_VOCABULARY`, not with today's default."""
+    if "vocabulary" in network or network.get("language_encoder", WORD_ENCODER) != WORD_ENCODER:
+        return network
+    return {**network, "vocabulary": list(LEGACY_VOCABULARY)}
+
+
+def missing_task_words(network: NetworkConfig | dict[str, Any], tasks: Iterable[str]) -> dict[str, list[str]]:
+    """Task name -> the sorted train-split words of that task (of ``tasks``, names of
+    :data:`~vla_gym.envs.tasks.TASKS`) that the word vocabulary of ``network`` lacks, for
+    the tasks that lack any. Empty for a sentence encoder, which reads every word."""
+    from vla_gym.envs.tasks import task_words
+
+    config = network if isinstance(network, NetworkConfig) else NetworkConfig(**network)
+    if config.language_encoder != WORD_ENCODER:
+        return {}
+    known = set(config.vocabulary)
+    gaps = {task: sorted(task_words("train", [task]) - known) for task in tasks}
+    return {task: words for task, words in gaps.items() if words}
+
+
+def check_task_vocabulary(
+    source: str, network: NetworkConfig | dict[str, Any], tasks: Iterable[str], *, env_name: str, strict: bool = False
+) -> dict[str, list[str]]:
+    """Say when the policy from ``source`` (a checkpoint path, for the message) cannot read
+    words that the train-split instructions of ``tasks`` (the tasks of the env ``env_name``:
+    ``env_args["env_config"]["tasks"]``) use; it reads them as ``<unk>``, so they steer
+    nothing. A :class:`VocabularyWarning`, or with ``strict`` (for fine-tuning, where those
+    words could never be learnt) a :class:`CheckpointError`; the message names each task and
+    its missing words.
+
+    Returns :func:`missing_task_words` (empty: nothing said).
+    """
+    gaps = missing_task_words(network, tasks)
+    if gaps:
+        lacks = "; ".join(f"task {task!r} lacks {words}" for task, words in gaps.items())
+        message = (
+            f"the policy {source!r} was trained with a word vocabulary that lacks words of {env_name}'s "
+            f"instructions, which it reads as {UNK!r}: {lacks}; train a policy whose vocabulary holds them (the "
+            f"default vocabulary covers every task's train words) or use a sentence encoder (--language-encoder)"
+        )
+        if strict:
+            raise CheckpointError(message)
+        warnings.warn(message, VocabularyWarning, stacklevel=2)
+    return gaps
 
 
 def config_differences(found: Any, expected: Any, prefix: str = "") -> list[str]:
@@ -212,7 +285,29 @@ def config_differences(found: Any, expected: Any, prefix: str = "") -> list[str]
                 out.extend(config_differences(found[key], expected[key], name))
         return out
     norm = json.loads(json.dumps(found)), json.loads(json.dumps(expected))
-    return [] if norm[0] == norm[1] else [f"{prefix}: checkpoint {found!r} vs requested {expected!r}"]
+    if norm[0] == norm[1]:
+        return []
+    if all(isinstance(v, list) for v in norm) and max(map(len, norm)) > LONG_LIST:  # a vocabulary, say
+        return [f"{prefix}: {_list_difference(*norm)}"]
+    return [f"{prefix}: checkpoint {found!r} vs requested {expected!r}"]
+
+
+#: Lists longer than this are described by their difference in config messages.
+LONG_LIST = 8
+
+
+def _list_difference(found: list, expected: list) -> str:
+    """Where two unequal lists differ, in a line: their lengths and (lists of strings) the
+    first items in one only."""
+    if not all(isinstance(v, str) for v in [*found, *expected]):
+        return f"checkpoint has {len(found)} items, requested {len(expected)}, not the same"
+    found_set, expected_set = set(found), set(expected)
+    extra = [v for v in found if v not in expected_set]
+    missing = [v for v in expected if v not in found_set]
+    return (
+        f"checkpoint has {len(found)} items, requested {len(expected)} (only in the checkpoint: {extra[:LONG_LIST]}, "
+        f"only requested: {missing[:LONG_LIST]}{', order differs' if not extra and not missing else ''})"
+    )
 
 
 def resume_differences(saved: dict[str, Any], wanted: dict[str, Any], may_change: frozenset[str]) -> list[str]:

@@ -13,11 +13,18 @@ Built on stable-baselines3's seams so that BC pretrains exactly the network PPO 
 * :class:`VLAActorCriticPolicy` (an ``ActorCriticPolicy``) adds the MLP trunks, a
   tanh-bounded Gaussian mean with SB3's learned state-independent log-std, and a value head.
 
-The language encoder tokenises the instruction's UTF-8 bytes into lower-case words.
-Words outside :data:`VOCABULARY` (the train-split templates, verbs and nouns plus every
-colour and shape name) map to ``<unk>`` and are masked out of the attention pooling, so an
-unknown word changes nothing, and the colour and shape words keep steering the policy. A
-known word that repeats is counted once, so repeated filler words cannot outweigh the colour.
+The language encoder (``NetworkConfig.language_encoder``) is one of two:
+
+* ``"words"`` (the default): the instruction's UTF-8 bytes become lower-case words. Words
+  outside the config's vocabulary (by default :data:`VOCABULARY`: the train-split words of
+  every task, plus every colour, shape and fixture kind name) map to ``<unk>`` and are masked
+  out of the attention pooling, so an unknown word changes nothing, and the colour and shape
+  words keep steering the policy. A known word that repeats is counted once, so repeated
+  filler words cannot outweigh the colour. The vocabulary travels in the config, so in every
+  checkpoint; checkpoints saved before it did use :data:`LEGACY_VOCABULARY`.
+* a sentence-transformers model (a local directory or a hub name, extra ``[language]``),
+  frozen: :class:`SentenceEncoder` embeds each distinct instruction once, and a small MLP maps
+  the embedding to ``language_dim``. Its weights are loaded by name, never stored in the policy.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,18 +47,64 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from vla_gym.agents.bounds import bounded_int, finite_float
-from vla_gym.envs.language import words_of_split
 from vla_gym.envs.spaces import AGENT_CAMERA
-from vla_gym.envs.scene import COLOURS, SHAPES
+from vla_gym.envs.scene import COLOURS, FIXTURE_KINDS, SHAPES
+from vla_gym.envs.tasks import task_words
 
 PAD, UNK = "<pad>", "<unk>"
+#: ``NetworkConfig.language_encoder`` of the word-level encoder trained with the network.
+WORD_ENCODER = "words"
 WORD_PATTERN = re.compile(r"[a-z]+")
 #: Instructions are cut to this many words.
 MAX_WORDS = 24
 
 
-#: Index 0 pads, 1 is every unknown word; then the known words, sorted.
-VOCABULARY: tuple[str, ...] = (PAD, UNK, *sorted(words_of_split("train") | set(COLOURS) | set(SHAPES)))
+#: The vocabulary of checkpoints saved before the vocabulary was recorded in the network
+#: config: pick's train words, colours and shapes. Written out, not derived, because those
+#: checkpoints' word-embedding rows follow this exact list whatever the templates become.
+LEGACY_VOCABULARY: tuple[str, ...] = (
+    PAD, UNK, "ball", "block", "blue", "can", "cube", "cyan", "cylinder", "goal", "grab", "grasp", "green", "is",
+    "lift", "object", "orange", "pick", "please", "purple", "red", "robot", "sphere", "that", "the", "thing", "to",
+    "up", "yellow", "your",
+)
+#: Most words a vocabulary may hold (one embedding row each).
+MAX_VOCABULARY = 100_000
+
+
+def default_vocabulary(tasks: Iterable[str] | None = None) -> tuple[str, ...]:
+    """``(PAD, UNK, *known words, sorted)``: the train-split words of ``tasks`` (default: every
+    task of :data:`~vla_gym.envs.tasks.TASKS`) plus every colour, shape and fixture kind name.
+    Words only the test split uses stay out, so they read as ``<unk>``."""
+    return (PAD, UNK, *sorted(task_words("train", tasks) | set(COLOURS) | set(SHAPES) | set(FIXTURE_KINDS)))
+
+
+#: The default vocabulary: index 0 pads, 1 is every unknown word; then the known words, sorted.
+VOCABULARY: tuple[str, ...] = default_vocabulary()
+
+
+def check_vocabulary(words: Any) -> tuple[str, ...]:
+    """``words`` as a vocabulary tuple, or a ``ValueError`` saying what is wrong: a list of
+    at most :data:`MAX_VOCABULARY` strings, ``PAD`` and ``UNK`` first, then distinct
+    lower-case words (what :func:`words_of` yields; anything else could never be matched)."""
+    if isinstance(words, (str, bytes)) or not isinstance(words, (list, tuple)) or not 2 <= len(words) <= MAX_VOCABULARY:
+        raise ValueError(f"vocabulary must be a list of 2 to {MAX_VOCABULARY} strings, got {_abridged(words)}")
+    words = tuple(words)
+    if words[:2] != (PAD, UNK):
+        raise ValueError(f"vocabulary must start with {PAD!r}, {UNK!r} (ids 0 and 1), got {list(words[:2])}")
+    bad = [w for w in words[2:] if not isinstance(w, str) or not WORD_PATTERN.fullmatch(w)]
+    if bad:
+        raise ValueError(f"vocabulary words must be lower-case a-z words, got {_abridged(bad)}")
+    if len(set(words)) != len(words):
+        repeated = sorted(w for w, n in Counter(words).items() if n > 1)
+        raise ValueError(f"vocabulary words must be distinct; repeated: {_abridged(repeated)}")
+    return words
+
+
+def _abridged(value: Any, limit: int = 10) -> str:
+    """``repr`` of ``value``, of only its first ``limit`` items when it is a long list."""
+    if isinstance(value, (list, tuple)) and len(value) > limit:
+        return f"{list(value[:limit])!r} ... ({len(value)} items)"
+    return repr(value)
 
 
 def words_of(text: str) -> list[str]:
@@ -127,6 +182,14 @@ class NetworkConfig:
         contrastive_dim: width of the shared vision/language space of the InfoNCE loss.
         attention_heads, attention_key_dim: heads and key width of the instruction-to-image
             attention over the first conv layer's map (where the named object is).
+        language_encoder: ``"words"`` (:data:`WORD_ENCODER`: the word-level encoder trained
+            with the rest), or a sentence-transformers model, by local directory or hub name
+            (e.g. ``"sentence-transformers/all-MiniLM-L6-v2"``), used frozen (extra ``[language]``).
+        language_embedding_dim: the sentence encoder's embedding size D; None until the model
+            is loaded (:func:`resolve_language_encoder` fills it in and checks a recorded one).
+            None for the word encoder.
+        vocabulary: the word encoder's vocabulary, ``PAD`` and ``UNK`` first; None gives
+            :data:`VOCABULARY`. Empty for a sentence encoder.
     """
 
     channels: tuple[int, ...] = (32, 32, 64)
@@ -141,6 +204,9 @@ class NetworkConfig:
     contrastive_dim: int = 64
     attention_heads: int = 2
     attention_key_dim: int = 16
+    language_encoder: str = WORD_ENCODER
+    language_embedding_dim: int | None = None
+    vocabulary: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         # Sizes come from users and from checkpoint files: each is bounded before anything
@@ -164,10 +230,35 @@ class NetworkConfig:
             k: [bounded_int(f"net_arch[{k!r}]", w, 1, MAX_WIDTH) for w in v] for k, v in self.net_arch.items()
         }
         self.log_std_init = finite_float("log_std_init", self.log_std_init, MIN_LOG_STD_INIT, MAX_LOG_STD_INIT)
+        self._check_language()
+
+    def _check_language(self) -> None:
+        """Check the language encoder's fields; give the word encoder its vocabulary."""
+        name = self.language_encoder
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(
+                f"language_encoder must be {WORD_ENCODER!r} or a sentence-transformers model (a local directory "
+                f"or a hub name such as 'sentence-transformers/all-MiniLM-L6-v2'), got {name!r}"
+            )
+        if name == WORD_ENCODER:
+            if self.language_embedding_dim is not None:
+                raise ValueError(
+                    f"language_embedding_dim is a sentence encoder's embedding size; the {WORD_ENCODER!r} encoder "
+                    f"has none (got {self.language_embedding_dim!r})"
+                )
+            self.vocabulary = check_vocabulary(VOCABULARY if self.vocabulary is None else self.vocabulary)
+            return
+        if self.vocabulary:
+            raise ValueError(f"vocabulary is read only by the {WORD_ENCODER!r} language encoder, not by {name!r}")
+        self.vocabulary = ()
+        if self.language_embedding_dim is not None:
+            dim = self.language_embedding_dim
+            self.language_embedding_dim = bounded_int("language_embedding_dim", dim, 1, MAX_WIDTH)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["channels"] = list(self.channels)
+        d["vocabulary"] = list(self.vocabulary)
         return d
 
 
@@ -275,6 +366,113 @@ class LanguageEncoder(nn.Module):
         return self.out(pooled)
 
 
+#: How to install what a sentence-transformers language encoder needs.
+LANGUAGE_EXTRA_INSTALL = 'pip install -e ".[language]"'
+#: Distinct instructions whose sentence embedding a :class:`SentenceEncoder` keeps.
+SENTENCE_CACHE_SIZE = 65_536
+#: Loaded sentence-transformers models by name: each loaded once per process.
+_SENTENCE_MODELS: dict[str, Any] = {}
+
+
+class LanguageExtraMissingError(ImportError):
+    """A sentence-transformers language encoder was asked for without the package installed."""
+
+
+def load_sentence_model(name: str) -> Any:
+    """The sentence-transformers model ``name`` (a local directory or a hub name): on the CPU,
+    in eval mode, without gradients; loaded once per process and shared.
+
+    :class:`LanguageExtraMissingError` names the install line when the package is missing;
+    ``ValueError`` when ``name`` cannot be loaded.
+    """
+    model = _SENTENCE_MODELS.get(name)
+    if model is None:
+        model = _SENTENCE_MODELS[name] = _load_sentence_model(name)
+    return model
+
+
+def _load_sentence_model(name: str) -> Any:
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as err:
+        raise LanguageExtraMissingError(
+            f"language_encoder={name!r} needs the sentence-transformers package, which cannot be imported "
+            f"({err}); install it with {LANGUAGE_EXTRA_INSTALL}, or use language_encoder={WORD_ENCODER!r}"
+        ) from None
+    try:
+        with torch.device("cpu"):  # real weights even inside a meta-device block (see build_policy)
+            model = SentenceTransformer(name, device="cpu")
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"language_encoder={name!r} cannot be loaded as a sentence-transformers model ({type(err).__name__}: "
+            f"{err}); give a local model directory or a hub name such as 'sentence-transformers/all-MiniLM-L6-v2'"
+        ) from None
+    return model.eval().requires_grad_(False)
+
+
+def sentence_embedding_dim(model: Any) -> int:
+    """The embedding size D of a sentence-transformers ``model``."""
+    get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    dim = get()
+    if dim is None:
+        raise ValueError(f"the sentence-transformers model {model!r} does not say its embedding size")
+    return int(dim)
+
+
+def resolve_language_encoder(config: NetworkConfig) -> NetworkConfig:
+    """``config`` with ``language_embedding_dim`` set from its sentence encoder (loading the
+    model, once per process); the word encoder's config comes back unchanged. ``ValueError``
+    if the config (from a checkpoint, say) records another size than the model has."""
+    if config.language_encoder == WORD_ENCODER:
+        return config
+    dim = sentence_embedding_dim(load_sentence_model(config.language_encoder))
+    if config.language_embedding_dim not in (None, dim):
+        raise ValueError(
+            f"language_encoder={config.language_encoder!r} gives {dim}-d embeddings, but the network config "
+            f"records language_embedding_dim={config.language_embedding_dim}: that model has changed since the "
+            f"policy was made; give the model it was trained with"
+        )
+    return dataclasses.replace(config, language_embedding_dim=dim)
+
+
+def instruction_texts(keys: list[bytes]) -> list[str]:
+    """The text of each instruction's zero-padded UTF-8 bytes."""
+    return [key.split(b"\x00", 1)[0].decode("utf-8", errors="replace") for key in keys]
+
+
+class SentenceEncoder:
+    """Instruction bytes uint8 (B, 128) -> frozen sentence embeddings float32 (B, D), on the
+    instructions' device. Each distinct instruction is embedded once, then served from a
+    cache (up to :data:`SENTENCE_CACHE_SIZE`): a step costs no transformer call.
+
+    Not an ``nn.Module``: the model's weights stay out of the policy's parameters, its state
+    dict and its pickles; the model is found by name (:func:`load_sentence_model`).
+    """
+
+    def __init__(self, name: str, dim: int) -> None:
+        self.name, self.dim = name, dim
+        self._cache: dict[bytes, torch.Tensor] = {}
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """The model's embeddings of ``texts``: float32 (N, D) on the CPU (no cache)."""
+        model = load_sentence_model(self.name)
+        with torch.no_grad():
+            out = model.encode(texts, convert_to_numpy=True, show_progress_bar=False)
+        return torch.from_numpy(np.asarray(out, dtype=np.float32).reshape(len(texts), self.dim))
+
+    def __call__(self, instruction: torch.Tensor) -> torch.Tensor:
+        keys = [row.tobytes() for row in instruction.detach().to("cpu", torch.uint8).numpy()]
+        missing = list(dict.fromkeys(key for key in keys if key not in self._cache))
+        if missing:
+            self._cache.update(zip(missing, self.embed_texts(instruction_texts(missing))))
+            while len(self._cache) > SENTENCE_CACHE_SIZE:  # bounded: drop the oldest
+                del self._cache[next(iter(self._cache))]
+        return torch.stack([self._cache[key] for key in keys]).to(instruction.device)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cache": {}}
+
+
 def _groups(channels: int, per_group: int = 8) -> int:
     """GroupNorm groups: ``channels / per_group`` when it divides, else 1 (LayerNorm-like)."""
     return channels // per_group if channels % per_group == 0 and channels >= per_group else 1
@@ -305,7 +503,7 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
     """
 
     def __init__(self, observation_space: gym.spaces.Dict, network: dict[str, Any] | None = None) -> None:
-        config = NetworkConfig(**(network or {}))
+        config = resolve_language_encoder(NetworkConfig(**(network or {})))
         super().__init__(observation_space, config.features_dim)
         self.config = config
         missing = {"rgb", "depth", "proprio", "instruction"} - set(observation_space.spaces)
@@ -316,8 +514,7 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         image_size = size = observation_space["rgb"].shape[1 if self.rgb_channels_first else 0]
         if image_size < 36:
             raise ValueError(f"the VLA network needs images of at least 36 px (its conv trunk), got {image_size}")
-        self.tokenizer = Tokenizer()
-        self.language = LanguageEncoder(len(VOCABULARY), config.word_dim, config.language_dim)
+        self._build_language(config)
         self._weight_cache: dict[str, tuple[tuple, Any]] = {}
         convs, norms, in_ch = [], [], 4  # rgb + depth
         first_film = len(CONV_STRIDES) - config.film_layers
@@ -373,6 +570,34 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         self.target_head = nn.Linear(config.features_dim, 3)
         self.keep_auxiliary = False
         self.auxiliary: dict[str, torch.Tensor] = {}
+
+    def _build_language(self, config: NetworkConfig) -> None:
+        """The instruction reader and the trained ``language`` module that makes its output a
+        (B, language_dim) embedding: the tokenizer and word encoder, or the frozen sentence
+        encoder and an MLP from its D-wide embedding."""
+        self.tokenizer: Tokenizer | None = None
+        self.sentence_encoder: SentenceEncoder | None = None
+        if config.language_encoder == WORD_ENCODER:
+            self.tokenizer = Tokenizer(config.vocabulary)
+            self.language = LanguageEncoder(len(config.vocabulary), config.word_dim, config.language_dim)
+            return
+        dim, width = config.language_embedding_dim, config.language_dim
+        self.sentence_encoder = SentenceEncoder(config.language_encoder, dim)
+        self.language = nn.Sequential(nn.Linear(dim, width), nn.ReLU(), nn.Linear(width, width))
+
+    def _read_instruction(self, instruction: torch.Tensor) -> torch.Tensor:
+        """Instruction bytes (B, 128) to the ``language`` module's input: word ids (B,
+        MAX_WORDS), or sentence embeddings float32 (B, D)."""
+        if self.tokenizer is not None:
+            return self.tokenizer(instruction)
+        return self.sentence_encoder(instruction)
+
+    def same_instruction(self, instruction: torch.Tensor) -> torch.Tensor:
+        """Instruction bytes (B, 128) to (B, B) bool: whether the language encoder reads
+        instructions i and j alike (the same known words in order; for a sentence encoder,
+        the same text)."""
+        read = self.tokenizer(instruction) if self.tokenizer is not None else instruction
+        return (read[:, None, :] == read[None, :, :]).all(-1)
 
     def _images(self, observations: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """rgb (B, 3, H, W) in [0, 255] and depth (B, 1, H, W) in metres, as float views.
@@ -433,7 +658,7 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
     def _conditioning(self, instruction: torch.Tensor) -> torch.Tensor:
         """Instruction bytes (B, 128) to (B, language_dim + FiLM width + heads * key_dim): the
         embedding, the FiLM parameters and the unit-norm attention queries, side by side."""
-        language = self.language(self.tokenizer(instruction))
+        language = self.language(self._read_instruction(instruction))
         cond = self.condition(language)
         film_width = sum(self._condition_split[1:])
         query = F.normalize(cond[:, film_width:].view(len(cond), self.config.attention_heads, -1), dim=-1)
@@ -518,11 +743,12 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
 
     The Gaussian's mean is ``tanh(linear(latent))`` (inside the action bounds [-1, 1]);
     its log-std is SB3's learned state-independent parameter, so the std BC fits is the
-    std PPO starts exploring with. ``network`` is a :class:`NetworkConfig` as a dict.
+    std PPO starts exploring with. ``network`` is a :class:`NetworkConfig` as a dict;
+    :attr:`network_config` is it with a sentence encoder's embedding size filled in.
     """
 
     def __init__(self, observation_space, action_space, lr_schedule, network: dict[str, Any] | None = None, **kwargs):
-        config = NetworkConfig(**(network or {}))
+        config = resolve_language_encoder(NetworkConfig(**(network or {})))
         kwargs.setdefault("net_arch", config.net_arch)
         kwargs.setdefault("log_std_init", config.log_std_init)
         kwargs.setdefault("features_extractor_class", VLAFeaturesExtractor)

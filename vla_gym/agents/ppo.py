@@ -69,6 +69,7 @@ from vla_gym.agents.bounds import MAX_SEED, bounded_int, finite_float
 from vla_gym.agents.checkpoint import (
     CheckpointError,
     NonFiniteError,
+    check_task_vocabulary,
     check_training_state,
     non_finite_tensors,
     load_policy,
@@ -789,7 +790,14 @@ class _Trainer:
             init_policy = load_policy(config.init, device=self.device)
             self.init_meta = init_policy.checkpoint_meta
             _check_observations(config.init, init_policy, self.env_args)
+            # Words the vocabulary lacks read as <unk>: fine-tuning could never learn them.
+            check_task_vocabulary(
+                config.init, init_policy.network_config, self.env_args["env_config"]["tasks"],
+                env_name=self.env_args["env_name"], strict=True,
+            )
             network = self.init_meta["network"]
+        elif state is not None:  # the resumed run's own network (vocabulary included)
+            network = state["meta"]["network"]
         else:
             network = config.network or NetworkConfig().to_dict()
         self.network = network
@@ -812,6 +820,7 @@ class _Trainer:
         )
         try:
             self.model = VLAPPO(VLAActorCriticPolicy, self.env, **model_kwargs)
+            self.network = self.model.policy.network_config.to_dict()  # a sentence encoder's size filled in
             if config.bc_coef > 0:
                 self.model.demo_batches = DemoBatches(self._bc_data(), config.bc_batch_size, config.seed, self.model.policy)
             if state is not None:

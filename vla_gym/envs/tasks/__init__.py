@@ -4,6 +4,8 @@ Adding a task is one new module here (a :class:`~vla_gym.envs.tasks.base.Task` s
 plus one entry in :data:`TASKS` and one line in :mod:`vla_gym.envs.registration`.
 """
 
+from collections.abc import Iterable
+
 from vla_gym.envs.tasks.base import Role, Task, TaskEpisode, World
 from vla_gym.envs.tasks.pick import PickTask
 from vla_gym.envs.tasks.place import PlaceTask
@@ -22,6 +24,17 @@ TASKS: dict[str, type[Task]] = {
     RearrangeTask.name: RearrangeTask,
 }
 
+
+
+def task_words(split: str, names: Iterable[str] | None = None) -> set[str]:
+    """Every lower-case word the ``split``'s instructions of the tasks ``names`` (default:
+    all of :data:`TASKS`) can hold, colour words aside: the union of their :meth:`Task.words`."""
+    unknown = [name for name in (names or ()) if name not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; choose from {list(TASKS)}")
+    return set().union(*(TASKS[name].words(split) for name in (TASKS if names is None else names)))
+
+
 __all__ = [
     "TASKS",
     "PickTask",
@@ -34,4 +47,5 @@ __all__ = [
     "Task",
     "TaskEpisode",
     "World",
+    "task_words",
 ]
