@@ -89,3 +89,20 @@ def bc_checkpoint(demo_file, tmp_path_factory) -> str:
         rollout_every=0, checkpoint_every=0, device="cpu", progress=False, seed=0,
     )
     return train_bc(config).policy_path
+
+
+#: The two quick tasks of the multi-task fixtures, and its env kwargs.
+TWO_TASKS = ("pick", "place")
+TWO_TASK_KWARGS = {"tasks": list(TWO_TASKS)}
+
+
+@pytest.fixture(scope="session")
+def balanced_file(tmp_path_factory) -> str:
+    """A balanced VLAMultiTask-v0 collection over :data:`TWO_TASKS`: two episodes of each
+    (seeds 0-3, tasks alternating), one of each in mask/valid."""
+    from vla_gym.data import CollectConfig, collect_demos
+
+    path = tmp_path_factory.mktemp("balanced") / "balanced.h5"
+    collect_demos(CollectConfig(out=str(path), env_id="VLAMultiTask-v0", env_kwargs=TWO_TASK_KWARGS,
+                                episodes_per_task=2, workers=0, seed=0), progress=False)
+    return str(path)

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import interrupt_on_call
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import TWO_TASKS, interrupt_on_call
 from vla_gym.agents import bc as bc_module
-from vla_gym.agents.bc import BCConfig, lr_factor, train_bc
+from vla_gym.agents.bc import PER_TASK_TERMS, BCConfig, lr_factor, train_bc, validate
 from vla_gym.agents.checkpoint import CheckpointError, load_policy, read_checkpoint, resolve_device
 from vla_gym.data import DemoDataset
 from vla_gym.data.dataset import collate_batch
@@ -151,3 +153,27 @@ def test_lr_schedule_warms_up_then_decays():
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
     assert factors[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_validation_loss_per_task_on_a_multi_task_file(balanced_file, tmp_path):
+    out = tmp_path / "run"
+    config = tiny_config(balanced_file, out, epochs=1, batch_size=16)
+    result = train_bc(config)
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {k for k in record if "/" in k} == {f"valid_{term}/{task}" for term in PER_TASK_TERMS for task in TWO_TASKS}
+    # Each task's value is the validation of that task's episodes alone.
+    policy = load_policy(result.last_path, device="cpu")
+    for task in TWO_TASKS:
+        alone = validate(policy, DemoDataset(balanced_file, "valid", tasks=[task]), config, torch.device("cpu"))
+        assert {k for k in alone if "/" in k} == set()  # one task in the split: the overall keys only
+        for term in PER_TASK_TERMS:
+            assert record[f"valid_{term}/{task}"] == pytest.approx(alone[term], rel=1e-4), (term, task)
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    assert {f"valid/{term}/{task}" for term in PER_TASK_TERMS for task in TWO_TASKS} <= set(events.Tags()["scalars"])
+
+
+def test_single_task_validation_keeps_its_keys(demo_file, tmp_path):
+    result = train_bc(tiny_config(demo_file, tmp_path / "run", epochs=1))
+    assert [k for k in result.history[-1] if "/" in k] == []
+    assert {"valid_nll", "valid_action_mse", "valid_loss"} <= set(result.history[-1])

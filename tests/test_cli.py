@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import pytest
 
@@ -42,6 +44,18 @@ def test_collect_train_evaluate_end_to_end(tmp_path, capsys, layout):
     assert "success" in out and report.exists()
 
 
+def test_collect_episodes_per_task_balances_a_multi_task_env(tmp_path, capsys):
+    from tests.conftest import TWO_TASK_KWARGS
+    from vla_gym.data import DemoDataset
+
+    out = tmp_path / "balanced.h5"
+    argv = ["collect", "--env", "VLAMultiTask-v0", "--env-kwargs", json.dumps(TWO_TASK_KWARGS),
+            "--episodes-per-task", "1", "--workers", "0", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert "2 episodes" in capsys.readouterr().out
+    assert sorted(DemoDataset(out, "all").tasks) == sorted(TWO_TASK_KWARGS["tasks"])
+
+
 def test_train_ppo_from_a_bc_checkpoint(bc_checkpoint, tmp_path, capsys):
     out = tmp_path / "ppo"
     argv = ["train-ppo", "--init", bc_checkpoint, "--timesteps", "128", "--n-envs", "2", "--vec-env", "dummy",
@@ -59,6 +73,10 @@ def test_train_ppo_from_a_bc_checkpoint(bc_checkpoint, tmp_path, capsys):
         (["train-ppo", "--batch-size", "4096", "--n-envs", "2", "--n-steps", "64"], "larger than a rollout"),
         (["collect", "--episodes", "0", "--out", "x.h5"], "argument --episodes: 0 is not allowed"),
         (["collect", "--env-kwargs", "[1]", "--out", "x.h5"], "JSON object"),
+        (["collect", "--episodes", "4", "--episodes-per-task", "2", "--out", "x.h5"],
+         "argument --episodes-per-task: not allowed with argument --episodes"),
+        (["collect", "--env", "VLAMultiTask-v0", "--episodes-per-task", "50000", "--out", "x.h5"],
+         "give at most 16666 per task"),
         (["train-bc", "--data", "missing.h5", "--device", "cpu"], "does not exist"),
         (["evaluate", "--policy", "missing.pt"], "no checkpoint file exists"),
         (["evaluate", "--policy", "scripted", "--target", "red", "--swap-target"], "not allowed with"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 
 import gymnasium as gym
 import h5py
@@ -13,8 +14,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from tests.conftest import TWO_TASK_KWARGS, TWO_TASKS, interrupt_on_call
 from vla_gym.data import CollectConfig, DatasetError, DemoDataset, check_env_matches, collect_demos, open_demo_file
 from vla_gym.data import collect as collect_module
+from vla_gym.data.collect import split_by_task
+from vla_gym.data.dataset import demo_file_summary
 from vla_gym.data.augment import AugmentConfig, augment_batch, colour_jitter, random_shift
 from vla_gym.data.dataset import collate_batch, paraphrase_instruction
 from vla_gym.agents.network import words_of
@@ -150,6 +154,9 @@ def test_interrupted_collection_keeps_the_previous_file(demo_file, tmp_path, mon
         ({"valid_fraction": 1.0}, "valid_fraction"),
         ({"env_id": "Nope-v0"}, "not a vla_gym env"),
         ({"env_kwargs": {"colour": "red"}}, "unknown vla_gym env kwargs"),
+        ({"episodes": 4, "episodes_per_task": 2}, "episodes=4 and episodes_per_task=2 exclude each other"),
+        ({"episodes_per_task": 0}, "episodes_per_task must be an int from 1 to 100000, got 0"),
+        ({"env_id": "VLAMultiTask-v0", "episodes_per_task": 20_000}, "give at most 16666 per task"),
     ],
 )
 def test_bad_collect_config(kwargs, message, tmp_path):
@@ -271,3 +278,106 @@ def test_dataset_filters_by_task_and_paraphrases_from_the_episode_task(multi_tas
         stored = json.loads(handle["data"][paraphrased.episodes[0]].attrs["paraphrases"])
     text = decode_instruction(paraphrased[0]["instruction"])
     assert any(set(text.split()) <= set(option.split()) for option in stored)  # one of them, words dropped
+
+
+# --------------------------------------------------------------------------- balanced collection
+def _episodes(path) -> list[tuple[str, int]]:
+    """(task, seed) of each episode, in order."""
+    with open_demo_file(path) as handle:
+        data = handle["data"]
+        return [(str(data[n].attrs["task"]), int(data[n].attrs["seed"])) for n in demo_file_summary(path).episodes]
+
+
+def _masks_by_task(path) -> dict[str, dict[str, int]]:
+    """How many episodes of each task each mask lists."""
+    summary = demo_file_summary(path)
+    tasks = dict(zip(summary.episodes, (task for task, _ in _episodes(path))))
+    return {split: dict(sorted(Counter(tasks[n] for n in names).items())) for split, names in summary.masks.items()}
+
+
+def test_balanced_collection_keeps_n_episodes_of_each_task(balanced_file):
+    assert _episodes(balanced_file) == [("pick", 0), ("place", 1), ("pick", 2), ("place", 3)]  # round-robin
+    with h5py.File(balanced_file) as f:
+        collector = json.loads(f["data"].attrs["collector"])
+    assert collector["balanced"] is True and collector["episodes_per_task"] == 2 and collector["episodes"] is None
+    assert collector["episodes_by_task"] == {"pick": 2, "place": 2}
+    assert _masks_by_task(balanced_file) == {"train": {"pick": 1, "place": 1}, "valid": {"pick": 1, "place": 1}}
+    dataset = DemoDataset(balanced_file, "all")
+    assert dataset.task_names == TWO_TASKS
+    expected = np.repeat([TWO_TASKS.index(t) for t in dataset.tasks], dataset.lengths)
+    np.testing.assert_array_equal(dataset.frame_tasks, expected)
+    assert len(dataset.frame_tasks) == len(dataset)
+
+
+def _failing_on(seeds: set[int], ran: list[int]):
+    """``_record_episode`` with the expert failing on ``seeds``; the seeds run go to ``ran``."""
+    real = collect_module._record_episode
+
+    def record(attempt):
+        episode = real(attempt)
+        if not attempt.skip:
+            ran.append(attempt.seed)
+            episode["attrs"]["success"] = attempt.seed not in seeds
+        return episode
+
+    return record
+
+
+def test_balanced_collection_retries_failures_and_resumes_to_the_same_file(tmp_path, monkeypatch):
+    def config(name: str) -> CollectConfig:
+        return CollectConfig(out=str(tmp_path / name), env_id="VLAMultiTask-v0", env_kwargs=TWO_TASK_KWARGS,
+                             episodes_per_task=2, workers=0, seed=0)
+
+    ran: list[int] = []
+    monkeypatch.setattr(collect_module, "_record_episode", _failing_on({1}, ran))
+    result = collect_demos(config("a.h5"), progress=False)
+    # place fails at seed 1 and is retried at seed 5; pick is full after seed 2, so attempt 4 is
+    # not kept (and, drawn after that was known, not even run).
+    assert _episodes(tmp_path / "a.h5") == [("pick", 0), ("pick", 2), ("place", 3), ("place", 5)]
+    assert (result.episodes, result.attempts, result.failures_dropped) == (4, 6, 2)
+    assert 4 not in ran and "attempts not kept" in result.summary()
+    assert _masks_by_task(tmp_path / "a.h5")["valid"] == {"pick": 1, "place": 1}
+    # Interrupted (Ctrl-C on the third attempt), then resumed: the same file.
+    monkeypatch.setattr(collect_module, "_record_episode", interrupt_on_call(_failing_on({1}, []), 3))
+    with pytest.raises(KeyboardInterrupt):
+        collect_demos(config("b.h5"), progress=False, keep_partial=True)
+    monkeypatch.setattr(collect_module, "_record_episode", _failing_on({1}, []))
+    collect_demos(config("b.h5"), progress=False, resume=True)
+    assert demo_file_summary(tmp_path / "b.h5").fingerprint == demo_file_summary(tmp_path / "a.h5").fingerprint
+
+
+def test_balanced_shards_in_worker_processes_match_the_single_file(balanced_file, tmp_path):
+    out = tmp_path / "shards"
+    collect_demos(CollectConfig(out=str(out), env_id="VLAMultiTask-v0", env_kwargs=TWO_TASK_KWARGS,
+                                episodes_per_task=2, workers=2, seed=0, shards=True, shard_episodes=3), progress=False)
+    assert demo_file_summary(out).fingerprint == demo_file_summary(balanced_file).fingerprint
+
+
+def test_balanced_on_a_single_task_env_is_the_plain_collection(demo_file, tmp_path):
+    out = tmp_path / "pick.h5"
+    collect_demos(CollectConfig(out=str(out), episodes_per_task=6, workers=0, seed=0), progress=False)
+    assert demo_file_summary(out).fingerprint == demo_file_summary(demo_file).fingerprint
+
+
+@pytest.mark.parametrize(
+    "tasks, fraction, valid",
+    [
+        (["a"] * 10 + ["b"] * 4 + ["c"], 0.2, {"a": 2, "b": 1}),  # a single episode stays in train
+        (["a", "b"] * 5, 0.1, {"a": 1, "b": 1}),  # at least one of each task with two or more
+        (["a", "b"] * 5, 0.0, {}),
+        (["a", "b", "b"], 0.9, {"a": 1, "b": 1}),  # never all of two or more; a lone one is rounded
+    ],
+)
+def test_masks_are_stratified_by_task(tasks, fraction, valid):
+    train, chosen = split_by_task(tasks, fraction, seed=0)
+    assert sorted(train + chosen) == list(range(len(tasks))) and train == sorted(train)
+    assert dict(Counter(tasks[i] for i in chosen)) == valid
+
+
+@pytest.mark.parametrize("episodes, fraction", [(6, 0.1), (10, 0.3), (2, 0.5), (1, 0.1)])
+def test_a_single_task_split_is_the_unstratified_one(episodes, fraction):
+    """Single-task files keep the split they had before stratification."""
+    order = np.random.default_rng(7).permutation(episodes)
+    n_valid = int(round(fraction * episodes))
+    n_valid = min(max(n_valid, 1), episodes - 1) if episodes > 1 else n_valid
+    assert split_by_task(["pick"] * episodes, fraction, seed=7)[1] == sorted(order[:n_valid].tolist())

@@ -134,6 +134,9 @@ OPTION_CASES = [
     ("train-ppo --bc-decay 2", "argument --bc-decay: 2 is not allowed; must be a finite number >= 0 and <= 1"),
     ("train-ppo --target-kl -1", "argument --target-kl: -1 is not allowed"),
     ("train-ppo --timesteps 1e9", "argument --timesteps: '1e9' is not an integer"),
+    ("train-ppo --aux-epochs -1", "argument --aux-epochs: -1 is not allowed"),
+    ("train-ppo --aux-epochs 2", "--aux-epochs 2 trains the trunk with the auxiliary losses alone and needs "
+                                 "--trunk-lr-scale 0 (got 1)"),
 ]
 
 

@@ -130,3 +130,24 @@ def test_aux_passes_keep_the_ppo_gradient_out_of_the_trunk(bc_checkpoint, demo_f
         assert all(p.grad is not None for p in model.policy.action_net.parameters())
     finally:
         trainer.close()
+
+
+def test_multi_task_ppo_logs_each_tasks_success(bc_checkpoint, tmp_path):
+    """On VLAMultiTask-v0 (two tasks here) every task's training and evaluation success is
+    logged, and the per-task evaluation is in metrics.jsonl."""
+    import json
+
+    from tests.conftest import TWO_TASK_KWARGS
+
+    out = tmp_path / "ppo"
+    train_ppo(tiny_ppo(bc_checkpoint, out, env_id="VLAMultiTask-v0", env_kwargs=TWO_TASK_KWARGS,
+                       timesteps=2 * ROLLOUT, eval_episodes=6, trunk_lr_scale=0.0, aux_epochs=1))
+    events = EventAccumulator(str(next((out / "tb").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    tasks = sorted(TWO_TASK_KWARGS["tasks"])
+    tags = events.Tags()["scalars"]
+    for task in tasks:
+        assert f"eval/success_rate/{task}" in tags
+        assert f"rollout/success_rate/{task}" in tags
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(records[-1]["per_task"]) == tasks

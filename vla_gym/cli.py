@@ -193,11 +193,16 @@ def _backend_arguments(p: argparse.ArgumentParser, what: str = "episodes") -> No
 
 
 def _collect_arguments(p: argparse.ArgumentParser) -> None:
-    from vla_gym.data.collect import DEFAULT_NOISE_STD
+    from vla_gym.data.collect import DEFAULT_EPISODES, DEFAULT_NOISE_STD
 
     p.add_argument("--env", default=DEFAULT_ENV_ID, choices=sorted(ENV_IDS))
     p.add_argument("--env-kwargs", type=env_kwargs_option, default=None, help="JSON object of extra env kwargs")
-    p.add_argument("--episodes", type=EPISODES, default=1000, help="episodes to keep")
+    count = p.add_mutually_exclusive_group()
+    count.add_argument("--episodes", type=EPISODES, default=None,
+                       help=f"episodes to keep, each of the task the env draws (default {DEFAULT_EPISODES})")
+    count.add_argument("--episodes-per-task", type=EPISODES, default=None,
+                       help="balanced: exactly this many episodes of each of the env's tasks (e.g. on "
+                            "VLAMultiTask-v0; on a single-task env the same as --episodes)")
     p.add_argument("--workers", type=WORKERS, default=2, help="worker processes (<= 1: in this process)")
     p.add_argument("--seed", type=SEED, default=0, help="episode i tried uses seed + i")
     p.add_argument("--noise-std", type=float_option(0.0, MAX_NOISE_STD), default=DEFAULT_NOISE_STD,
@@ -287,6 +292,10 @@ def _train_ppo_arguments(p: argparse.ArgumentParser) -> None:
                    help="explore from this log-std instead of the one BC fitted")
     p.add_argument("--trunk-lr-scale", type=float_option(0.0, 10.0), default=d.trunk_lr_scale,
                    help="trunk (vision, language, fusion) learning rate / --lr; 0 freezes it")
+    p.add_argument("--aux-epochs", type=int_option(0, 1000), default=d.aux_epochs,
+                   help="passes of the privileged auxiliary losses (where the goal object is) over each rollout, "
+                        "training the trunk alone; needs --trunk-lr-scale 0 (0: off)")
+    p.add_argument("--aux-lr", type=LEARNING_RATE, default=d.aux_lr, help="learning rate of those passes")
     p.add_argument("--eval-every", type=int_option(0, MAX_TIMESTEPS), default=d.eval_every,
                    help="env steps between evaluations")
     p.add_argument("--eval-episodes", type=int_option(1, 10_000), default=d.eval_episodes)
@@ -387,7 +396,7 @@ def _run_collect(args: argparse.Namespace) -> None:
         out=args.out, env_id=args.env, episodes=args.episodes, workers=args.workers, seed=args.seed,
         noise_std=args.noise_std, keep_failures=args.keep_failures, valid_fraction=args.valid_fraction,
         env_kwargs=args.env_kwargs, backend=args.backend, ray_address=args.ray_address, shards=args.shards,
-        shard_episodes=args.shard_episodes,
+        shard_episodes=args.shard_episodes, episodes_per_task=args.episodes_per_task,
     )
     print(collect_demos(config, progress=not args.no_progress, resume=args.resume, keep_partial=True).summary())
 
@@ -474,7 +483,8 @@ def _run_train_ppo(args: argparse.Namespace) -> None:
         target_kl=args.target_kl if args.target_kl > 0 else None, ent_coef=args.ent_coef,
         critic_warmup_rollouts=args.critic_warmup_rollouts, bc_coef=args.bc_coef, bc_decay=args.bc_decay,
         bc_data=args.bc_data, detach_critic=args.detach_critic, shaping=args.shaping, sil_coef=args.sil_coef,
-        start_log_std=args.start_log_std, trunk_lr_scale=args.trunk_lr_scale, eval_every=args.eval_every,
+        start_log_std=args.start_log_std, trunk_lr_scale=args.trunk_lr_scale, aux_epochs=args.aux_epochs,
+        aux_lr=args.aux_lr, eval_every=args.eval_every,
         eval_episodes=args.eval_episodes, device=args.device, seed=args.seed, resume=args.resume,
         progress=not args.no_progress,
     )

@@ -246,6 +246,11 @@ def _image_size_of_policy(args: argparse.Namespace) -> tuple[int, str]:
 
 def _checks_train_ppo(args: argparse.Namespace) -> None:
     check_input_file(args.init, "--init")
+    if args.aux_epochs and args.trunk_lr_scale != 0:
+        raise OptionError(
+            f"--aux-epochs {args.aux_epochs} trains the trunk with the auxiliary losses alone and needs "
+            f"--trunk-lr-scale 0 (got {args.trunk_lr_scale:g}); or set --aux-epochs 0"
+        )
     check_demo_input(args.bc_data, "--bc-data")
     check_env_kwargs(args.env, args.env_kwargs)
     if args.bc_data is not None:

@@ -18,7 +18,10 @@ optional contrastive term:
 
 Outputs in ``out``: ``policy.pt`` (best weights by rollout success, then validation
 loss), ``last.pt`` (full training state, for ``resume``), ``config.json``,
-``metrics.jsonl`` (one line per epoch) and TensorBoard scalars in ``tb/``.
+``metrics.jsonl`` (one line per epoch) and TensorBoard scalars in ``tb/``. On a validation
+split of several tasks (a multi-task demo file), each task's validation NLL and action MSE
+are logged too: ``valid_nll/<task>``, ``valid_action_mse/<task>`` (TensorBoard
+``valid/nll/<task>``, ...); single-task files log exactly the overall keys.
 
 Data-parallel: ``torchrun --nproc-per-node N -m vla_gym.agents.bc --data ... --out ...``
 (see :func:`train_bc` and :mod:`vla_gym.agents.distributed`).
@@ -70,6 +73,8 @@ RESUMABLE_CHANGES = frozenset({"device", "progress", "num_workers", "epochs", "o
 #: Rollout seeds start far from the collection seeds (0, 1, ...) and the evaluation seeds (100000+).
 ROLLOUT_SEED = 10_000_000
 LOG_EVERY = 20  # optimiser steps between TensorBoard training scalars
+#: Validation terms also reported per task (``<term>/<task>``) when the split holds several tasks.
+PER_TASK_TERMS = ("nll", "action_mse")
 #: Rank r of a data-parallel run seeds its augmentation stream with ``seed + r * this``.
 AUGMENT_SEED_STRIDE = 1_000_003
 #: Bounds of the integer fields of :class:`BCConfig` (None: no upper bound).
@@ -224,7 +229,9 @@ class _Losses(torch.nn.Module):
         self.policy, self.config, self.device = policy, config, device
         self.amp, self.amp_dtype, _ = _amp_settings(device, config.amp)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], per_frame: bool = False) -> dict[str, torch.Tensor]:
+        """The batch's mean loss terms (scalars); with ``per_frame``, also each frame's
+        :data:`PER_TASK_TERMS` under ``<term>_per_frame``: float32 (B,), detached."""
         obs = {k: batch[k] for k in OBS_KEYS}
         actions, returns = batch["action"], batch["return"]
         policy, extractor = self.policy, self.policy.features_extractor
@@ -246,7 +253,11 @@ class _Losses(torch.nn.Module):
             + self.config.attention_coef * where_loss
         )
         out = {"nll": nll, "value_loss": value_loss, "target_loss": offset_loss, "attention_loss": where_loss}
-        out["action_mse"] = F.mse_loss(distribution.distribution.mean.float().detach(), actions.float())
+        squared_error = (distribution.distribution.mean.float().detach() - actions.float()) ** 2
+        out["action_mse"] = squared_error.mean()
+        if per_frame:
+            out["nll_per_frame"] = -log_prob.float().detach() / actions.shape[1]
+            out["action_mse_per_frame"] = squared_error.mean(dim=1)
         if self.config.contrastive_coef > 0:
             same_goal = extractor.same_instruction(obs["instruction"])  # same instruction: not a negative
             contrastive = info_nce(
@@ -286,19 +297,32 @@ def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 @torch.no_grad()
 def validate(policy: VLAActorCriticPolicy, dataset: DemoDataset, config: BCConfig, device: torch.device) -> dict:
-    """Mean losses over a dataset split, without augmentation."""
+    """Mean losses over a dataset split, without augmentation; when the split holds more than
+    one task (``dataset.task_names``), also each task's mean :data:`PER_TASK_TERMS` over its
+    frames, keyed ``<term>/<task>`` (e.g. ``nll/pick``)."""
     policy.set_training_mode(False)
     losses = _Losses(policy, config, device)
+    per_task = len(dataset.task_names) > 1
     totals: dict[str, float] = {}
+    task_totals = {term: np.zeros(len(dataset.task_names)) for term in PER_TASK_TERMS}
     count = 0
-    for batch in _batches(dataset, _split(np.arange(len(dataset)), config.batch_size), 0, config.seed):
-        batch = _to_device(batch, device)
-        out = losses(batch)
-        n = len(batch["action"])
+    batches = _split(np.arange(len(dataset)), config.batch_size)
+    for indices, batch in zip(batches, _batches(dataset, batches, 0, config.seed)):
+        out = losses(_to_device(batch, device), per_frame=per_task)
+        tasks = dataset.frame_tasks[indices]
+        for term in PER_TASK_TERMS if per_task else ():
+            frames = out.pop(f"{term}_per_frame").cpu().numpy()
+            task_totals[term] += np.bincount(tasks, weights=frames, minlength=len(dataset.task_names))
         for k, v in out.items():
-            totals[k] = totals.get(k, 0.0) + float(v) * n
-        count += n
-    return {k: v / max(count, 1) for k, v in totals.items()}
+            totals[k] = totals.get(k, 0.0) + float(v) * len(indices)
+        count += len(indices)
+    means = {k: v / max(count, 1) for k, v in totals.items()}
+    if per_task:
+        frames_per_task = np.bincount(dataset.frame_tasks, minlength=len(dataset.task_names))
+        for term, sums in task_totals.items():
+            means.update({f"{term}/{task}": float(total / n)
+                          for task, total, n in zip(dataset.task_names, sums, frames_per_task)})
+    return means
 
 
 def rollout_success(policy: VLAActorCriticPolicy, env_args: dict, episodes: int, seed: int = ROLLOUT_SEED) -> dict:

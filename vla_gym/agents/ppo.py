@@ -37,7 +37,8 @@ and ``eval/mean_length`` (deterministic, held-out seeds), ``rollout/success_rate
 ``rollout/ep_len_mean`` (the training episodes), ``train/value_loss``,
 ``train/explained_variance``, ``train/approx_kl``, ``train/clip_fraction``,
 ``train/entropy_loss``, ``train/std``, ``train/sil_loss``, ``train/aux_target_loss``,
-``train/aux_attention_loss`` and ``time/env_steps_per_second``
+``train/aux_attention_loss``, on a multi-task env ``rollout/success_rate/<task>`` and
+``eval/success_rate/<task>``, and ``time/env_steps_per_second``
 (rollouts and updates; evaluations excluded).
 """
 
@@ -92,6 +93,8 @@ EVAL_SEED = 300_000
 #: Fields that may change between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"device", "progress", "timesteps", "out", "resume"})
 ADAM_EPS = 1e-5  # SB3's PPO default
+#: Training episodes per task behind ``rollout/success_rate/<task>`` (SB3's window for the overall rate).
+TASK_SUCCESS_WINDOW = 100
 #: Bounds of the integer fields of :class:`PPOConfig` (None: no upper bound).
 INT_BOUNDS: dict[str, tuple[int, int | None]] = {
     "timesteps": (1, None), "n_envs": (1, 256), "n_steps": (1, 1_000_000), "batch_size": (1, 1_000_000),
@@ -710,6 +713,7 @@ class _EvalAndCheckpoint(BaseCallback):
         self.rollouts_since_save = 0
         self.bar = None
         self.train_start: float | None = None
+        self.task_outcomes: dict[str, deque[bool]] = {}  # each task's last training episodes
         self.steps_at_start = 0
         self.eval_at_start = 0.0
 
@@ -745,9 +749,16 @@ class _EvalAndCheckpoint(BaseCallback):
         steps = self.num_timesteps - self.steps_at_start
         if elapsed > 0 and steps > 0:
             self.logger.record("time/env_steps_per_second", steps / elapsed)
+        if len(self.task_outcomes) > 1:
+            for task, outcomes in sorted(self.task_outcomes.items()):
+                self.logger.record(f"rollout/success_rate/{task}", float(np.mean(outcomes)))
 
     def _on_step(self) -> bool:
         model = self.model
+        for done, info in zip(self.locals["dones"], self.locals["infos"]):
+            if done and "task" in info:
+                outcomes = self.task_outcomes.setdefault(info["task"], deque(maxlen=TASK_SUCCESS_WINDOW))
+                outcomes.append(bool(info.get("is_success")))
         if model.privileged is not None:
             model.privileged.record(
                 model.rollout_buffer.pos, self.locals["dones"], self.locals["infos"], self.training_env.reset_infos
@@ -905,6 +916,11 @@ class _Trainer:
         append_jsonl(self.out / "metrics.jsonl", record)
         model.logger.record("eval/success_rate", record["success_rate"])
         model.logger.record("eval/mean_length", record["mean_length"])
+        per_task = result.per_task_stats()
+        if len(per_task) > 1:  # a multi-task env: each task's success too
+            record["per_task"] = {task: cell["success_rate"] for task, cell in per_task.items()}
+            for task, rate in record["per_task"].items():
+                model.logger.record(f"eval/success_rate/{task}", rate)
         model.logger.dump(model.num_timesteps)
         self.eval_seconds += time.perf_counter() - start
         if config.progress:

@@ -11,10 +11,11 @@ import shutil
 import time
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
@@ -26,6 +27,7 @@ from vla_gym.data.format import (
     OBS_KEYS,
     demo_name,
     env_args,
+    episode_task,
     held_out_splits,
     POSITIONS_SUFFIX,
     SHARD_INDEX_FILE,
@@ -47,7 +49,10 @@ DEFAULT_NOISE_STD = 0.3
 #: Images are stored with HDF5's shuffle + gzip (deflate) filters at this level: byte
 #: shuffling squeezes float32 depth well, and level 1 keeps the workers fast.
 IMAGE_COMPRESSION_LEVEL = 1
-#: Extra seeds tried, beyond ``episodes``, before a collection that drops failures gives up.
+#: Episodes kept when neither ``episodes`` nor ``episodes_per_task`` is given.
+DEFAULT_EPISODES = 1000
+#: Extra seeds tried, beyond ``episodes`` (per task in a balanced collection), before a
+#: collection that drops failures gives up.
 MAX_EXTRA_ATTEMPT_FRACTION = 0.5
 MIN_EXTRA_ATTEMPTS = 10
 #: Episodes handed to the worker processes ahead of the one being written, per worker.
@@ -76,7 +81,8 @@ class CollectConfig:
     Args:
         out: path of the HDF5 file to write (replaced atomically at the end).
         env_id: a registered vla_gym env id.
-        episodes: episodes to keep.
+        episodes: episodes to keep, each of the task the env draws (default
+            :data:`DEFAULT_EPISODES`; excludes ``episodes_per_task``).
         workers: worker processes (``<= 1`` collects in this process).
         seed: episode ``i`` tried is reset with seed ``seed + i``.
         noise_std: std of the expert's action noise (in action units, fading near sub-goals).
@@ -88,11 +94,17 @@ class CollectConfig:
             ``"HOST:PORT"`` joins a running cluster.
         shards: write ``out`` as a directory of shards plus ``index.h5`` instead of one file.
         shard_episodes: attempts per shard with ``shards`` (default :data:`DEFAULT_SHARD_EPISODES`).
+        episodes_per_task: a balanced collection: exactly this many kept episodes of each of
+            the env's tasks (``env_config["tasks"]``; on a single-task env this is
+            ``episodes=episodes_per_task``). Attempt ``i`` runs task ``tasks[i % T]``, forced
+            by the reset option ``task`` (round-robin, fixed in advance, so the file is the
+            same whatever the backend, workers, shards or interruptions); an attempt that
+            fails, or whose task already has its episodes, is not kept. Excludes ``episodes``.
     """
 
     out: str
     env_id: str = DEFAULT_ENV_ID
-    episodes: int = 1000
+    episodes: int | None = None
     workers: int = 2
     seed: int = 0
     noise_std: float = DEFAULT_NOISE_STD
@@ -103,6 +115,7 @@ class CollectConfig:
     ray_address: str | None = None
     shards: bool = False
     shard_episodes: int | None = None
+    episodes_per_task: int | None = None
 
     def __post_init__(self) -> None:
         check_backend_choice(self.backend, self.ray_address)
@@ -111,17 +124,16 @@ class CollectConfig:
                 raise ValueError("shard_episodes needs shards=True (a single-file output is not sharded)")
             if isinstance(self.shard_episodes, bool) or not isinstance(self.shard_episodes, int) or self.shard_episodes < 1:
                 raise ValueError(f"shard_episodes must be an int >= 1, got {self.shard_episodes!r}")
-        if isinstance(self.episodes, bool) or not isinstance(self.episodes, (int, np.integer)) or not (
-            1 <= self.episodes <= MAX_EPISODES
-        ):
-            raise ValueError(f"episodes must be an int from 1 to {MAX_EPISODES}, got {self.episodes!r}")
+        self._check_episode_counts()
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
             raise ValueError(f"noise_std must be a finite number >= 0, got {self.noise_std}")
         if not (math.isfinite(self.valid_fraction) and 0.0 <= self.valid_fraction < 1.0):
             raise ValueError(f"valid_fraction must lie in [0, 1), got {self.valid_fraction}")
-        held_out = held_out_splits(env_args(self.env_id, self.env_kwargs)["env_config"])  # bad kwargs fail here
+        env_config = env_args(self.env_id, self.env_kwargs)["env_config"]  # bad kwargs fail here
+        self._check_balanced_total(env_config["tasks"])
+        held_out = held_out_splits(env_config)
         if held_out:
             warnings.warn(
                 f"collecting demos with {', '.join(held_out)}: the benchmark's held-out splits would then be "
@@ -129,30 +141,84 @@ class CollectConfig:
                 stacklevel=3,
             )
 
+    def _check_episode_counts(self) -> None:
+        """``episodes`` or ``episodes_per_task``, not both; ``episodes`` defaults to
+        :data:`DEFAULT_EPISODES` (and stays ``None`` in a balanced collection)."""
+        if self.episodes is not None and self.episodes_per_task is not None:
+            raise ValueError(
+                f"episodes={self.episodes!r} and episodes_per_task={self.episodes_per_task!r} exclude each other: "
+                "give episodes (that many in all, each of the task the env draws) or episodes_per_task "
+                "(that many of each of the env's tasks)"
+            )
+        if self.episodes is None and self.episodes_per_task is None:
+            self.episodes = DEFAULT_EPISODES
+        name = "episodes" if self.episodes_per_task is None else "episodes_per_task"
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_EPISODES:
+            raise ValueError(f"{name} must be an int from 1 to {MAX_EPISODES}, got {value!r}")
+
+    def _check_balanced_total(self, tasks: Sequence[str]) -> None:
+        if self.episodes_per_task is not None and self.episodes_per_task * len(tasks) > MAX_EPISODES:
+            raise ValueError(
+                f"episodes_per_task={self.episodes_per_task} over the {len(tasks)} tasks of {self.env_id} "
+                f"({', '.join(tasks)}) makes {self.episodes_per_task * len(tasks)} episodes; at most "
+                f"{MAX_EPISODES} are allowed, so give at most {MAX_EPISODES // len(tasks)} per task"
+            )
+
+    @property
+    def balanced_tasks(self) -> tuple[str, ...]:
+        """The tasks a balanced collection (``episodes_per_task``) fills, in the env's order;
+        empty for an unbalanced one."""
+        if self.episodes_per_task is None:
+            return ()
+        return tuple(env_args(self.env_id, self.env_kwargs)["env_config"]["tasks"])
+
+    @property
+    def total_episodes(self) -> int:
+        """Episodes the file will hold: ``episodes``, or ``episodes_per_task`` times the tasks."""
+        if self.episodes_per_task is None:
+            return int(self.episodes)
+        return self.episodes_per_task * len(self.balanced_tasks)
+
 
 @dataclass
 class CollectResult:
+    """What :func:`collect_demos` did. ``failures_dropped``: attempts not kept (expert
+    failures; in a balanced collection also attempts whose task already had its episodes)."""
+
     path: str
     episodes: int
     frames: int
     attempts: int
     failures_dropped: int
     seconds: float
+    balanced: bool = False
 
     @property
     def steps_per_second(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else float("nan")
 
     def summary(self) -> str:
+        dropped = "attempts not kept (failed, or their task was full)" if self.balanced else "failures dropped"
         return (
             f"{self.path}: {self.episodes} episodes, {self.frames} frames from {self.attempts} attempts "
-            f"({self.failures_dropped} failures dropped) in {self.seconds:.1f} s = "
+            f"({self.failures_dropped} {dropped}) in {self.seconds:.1f} s = "
             f"{self.steps_per_second:.0f} env steps/s"
         )
 
 
 # --- worker side ------------------------------------------------------------------------
 _WORKER: dict[str, Any] = {}
+
+
+class Attempt(NamedTuple):
+    """One episode for a worker to try: ``reset(seed=seed)``, with ``options={"task": task}``
+    when ``task`` is given (else the env draws it); ``skip``: nothing to run (its task
+    already has its episodes), answered by :func:`_skipped_episode`."""
+
+    seed: int
+    task: str | None = None
+    skip: bool = False
 
 
 def _init_worker(env_id: str, env_kwargs: dict[str, Any] | None, noise_std: float) -> None:
@@ -162,13 +228,15 @@ def _init_worker(env_id: str, env_kwargs: dict[str, Any] | None, noise_std: floa
     _WORKER["noise_std"] = noise_std
 
 
-def _record_episode(seed: int) -> dict[str, Any]:
-    """Run the expert for one episode from ``reset(seed=seed)``; arrays stacked over steps."""
+def _record_episode(attempt: Attempt) -> dict[str, Any]:
+    """Run the expert for one episode of ``attempt``; arrays stacked over steps."""
     from vla_gym.envs.experts import ScriptedExpert
 
-    env = _WORKER["env"]
+    if attempt.skip:
+        return _skipped_episode()
+    seed, env = attempt.seed, _WORKER["env"]
     policy = ScriptedExpert(env, noise_std=_WORKER["noise_std"], seed=[seed, NOISE_STREAM])
-    obs, info = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed, options=None if attempt.task is None else {"task": attempt.task})
     roles = sorted(info["roles"])
     steps: dict[str, list] = {k: [] for k in (*OBS_KEYS, "actions", "executed_actions", "rewards", "dones")}
     positions: dict[str, list] = {role: [] for role in roles}
@@ -210,6 +278,11 @@ def _record_episode(seed: int) -> dict[str, Any]:
             "camera": json.dumps(env.unwrapped.agent_camera.to_dict()),
         },
     }
+
+
+def _skipped_episode() -> dict[str, Any]:
+    """The answer to a skipped :class:`Attempt`: no frames, not a success (never kept)."""
+    return {"skipped": True, "arrays": {}, "images": {}, "attrs": {"num_samples": 0, "success": False}}
 
 
 def _paraphrases(env: Any, seed: int) -> list[str]:
@@ -260,10 +333,11 @@ def _dataset_name(key: str) -> str:
     return f"states/{key}" if key.endswith(POSITIONS_SUFFIX) else key
 
 
-def _episode_results(config: CollectConfig, seeds: Iterable[int], backend: Backend) -> Iterator[dict[str, Any]]:
-    """The expert's episodes of ``seeds``, in order, from ``backend``."""
+def _episode_results(config: CollectConfig, attempts: Iterable[Attempt], backend: Backend) -> Iterator[dict[str, Any]]:
+    """The expert's episodes of ``attempts``, in order, from ``backend`` (which draws the
+    attempts lazily, a window ahead of the results)."""
     yield from backend.imap(
-        _record_episode, seeds, setup=_init_worker, setup_args=(config.env_id, config.env_kwargs, config.noise_std),
+        _record_episode, attempts, setup=_init_worker, setup_args=(config.env_id, config.env_kwargs, config.noise_std),
         teardown=_close_worker, window=PREFETCH_PER_WORKER * max(backend.workers, 1),
     )
 
@@ -432,36 +506,36 @@ class _Shards:
     def kept(self, episodes: int) -> list[dict[str, Any]]:
         return [r for r in self.attempts if r["kept"]][:episodes]
 
+    @contextlib.contextmanager
+    def _groups(self, kept: list[dict[str, Any]]) -> Iterator[list[h5py.Group]]:
+        """The groups of the ``kept`` attempts in their shard files (open inside the block)."""
+        with contextlib.ExitStack() as stack:
+            files = {name: stack.enter_context(h5py.File(self.dir / name, "r")) for name in {r["file"] for r in kept}}
+            yield [files[r["file"]][f"{SHARD_GROUP}/{attempt_name(r['attempt'])}"] for r in kept]
+
     def assemble(self, out: Path, config: CollectConfig) -> tuple[int, int]:
         """Write the single demo file from the kept episodes (atomically); returns (kept, frames)."""
-        kept = self.kept(config.episodes)
+        kept = self.kept(config.total_episodes)
         frames = sum(r["frames"] for r in kept)
-        with atomic_path(out) as tmp, h5py.File(tmp, "w") as handle:
+        with atomic_path(out) as tmp, h5py.File(tmp, "w") as handle, self._groups(kept) as episodes:
             data = handle.create_group("data")
-            sources: dict[str, h5py.File] = {}
-            try:
-                for index, record in enumerate(kept):
-                    if record["file"] not in sources:
-                        sources[record["file"]] = h5py.File(self.dir / record["file"], "r")
-                    source = sources[record["file"]]
-                    source.copy(source[f"{SHARD_GROUP}/{attempt_name(record['attempt'])}"], data,
-                                name=demo_name(index))
-            finally:
-                for source in sources.values():
-                    source.close()
-            _write_metadata(handle, config, len(kept), frames, len(self.attempts))
+            for index, episode in enumerate(episodes):
+                episode.file.copy(episode, data, name=demo_name(index))
+            _write_metadata(handle, config, [episode_task(e) for e in episodes], frames, len(self.attempts))
         return len(kept), frames
 
     def write_index(self, config: CollectConfig) -> tuple[int, int]:
         """Write ``index.h5`` (atomically): the demo-file layout, its episodes external links into
         the shards; returns (kept, frames)."""
-        kept = self.kept(config.episodes)
+        kept = self.kept(config.total_episodes)
         frames = sum(r["frames"] for r in kept)
+        with self._groups(kept) as episodes:
+            tasks = [episode_task(e) for e in episodes]
         with atomic_path(self.dir / INDEX_FILE) as tmp, h5py.File(tmp, "w") as handle:
             data = handle.create_group("data")
             for index, record in enumerate(kept):
                 data[demo_name(index)] = h5py.ExternalLink(record["file"], f"/{SHARD_GROUP}/{attempt_name(record['attempt'])}")
-            _write_metadata(handle, config, len(kept), frames, len(self.attempts))
+            _write_metadata(handle, config, tasks, frames, len(self.attempts))
             used = sorted({r["file"] for r in kept})
             data.attrs["shards"] = json.dumps([{"file": f, "bytes": (self.dir / f).stat().st_size} for f in used])
         return len(kept), frames
@@ -542,7 +616,9 @@ def collect_demos(
     config: CollectConfig, progress: bool = True, resume: bool = False, keep_partial: bool = False,
     backend: Backend | None = None,
 ) -> CollectResult:
-    """Record ``config.episodes`` expert episodes into ``config.out``; see :mod:`vla_gym.data.dataset`.
+    """Record ``config.total_episodes`` expert episodes (``episodes``, or ``episodes_per_task``
+    of each task) into ``config.out``; see :mod:`vla_gym.data.dataset`. The masks are split
+    by task (:func:`split_by_task`).
 
     Episodes are written in shards as they finish. With a single-file output they wait in a
     sidecar directory beside it (:func:`partial_dir`, one attempt per shard) and, once all
@@ -579,55 +655,134 @@ def collect_demos(
         if owned:
             backend.close()
     attempts = len(store.attempts)
-    return CollectResult(str(out), kept, frames, attempts, attempts - kept, time.perf_counter() - start)
+    return CollectResult(str(out), kept, frames, attempts, attempts - kept, time.perf_counter() - start,
+                         balanced=config.episodes_per_task is not None)
+
+
+class _Quota:
+    """Which task each attempt runs and how many episodes each still needs.
+
+    Attempt ``i`` is reset with seed ``seed + i``. An unbalanced collection has one slot
+    (``None``: the env draws the task) that needs ``episodes``; a balanced one has a slot
+    per task, each needing ``episodes_per_task``, and attempt ``i`` runs slot ``i % T``
+    (forced with the reset option ``task`` when ``T > 1``). Which attempts are kept
+    depends only on their outcomes, in attempt order: never on timing.
+    """
+
+    def __init__(self, config: CollectConfig) -> None:
+        self.seed, self.keep_failures = config.seed, config.keep_failures
+        self.slots: tuple[str | None, ...] = config.balanced_tasks or (None,)
+        self.wanted = int(config.episodes_per_task or config.episodes)
+        self.kept: dict[str | None, int] = dict.fromkeys(self.slots, 0)
+        extra = 0 if config.keep_failures else max(MIN_EXTRA_ATTEMPTS, math.ceil(MAX_EXTRA_ATTEMPT_FRACTION * self.wanted))
+        #: Attempts tried before giving up (each slot gets ``wanted + extra``).
+        self.max_attempts = len(self.slots) * (self.wanted + extra)
+
+    def slot(self, attempt: int) -> str | None:
+        return self.slots[attempt % len(self.slots)]
+
+    def full(self, slot: str | None) -> bool:
+        return self.kept[slot] >= self.wanted
+
+    def done(self) -> bool:
+        return all(self.full(slot) for slot in self.slots)
+
+    def count(self, records: Iterable[dict[str, Any]]) -> None:
+        """Count the kept attempts of an interrupted collection."""
+        for record in records:
+            self.kept[self.slot(record["attempt"])] += bool(record["kept"])
+
+    def attempt(self, index: int) -> Attempt:
+        """What attempt ``index`` runs; skipped if its task already has its episodes (so asked
+        lazily, as late as the backend allows: then fewer surplus episodes are run)."""
+        slot = self.slot(index)
+        return Attempt(self.seed + index, slot if len(self.slots) > 1 else None, skip=self.full(slot))
+
+    def take(self, index: int, episode: dict[str, Any]) -> bool:
+        """Whether attempt ``index``'s episode is kept (then counted); results come in attempt order."""
+        slot = self.slot(index)
+        keep = not episode.get("skipped") and not self.full(slot) and bool(
+            episode["attrs"]["success"] or self.keep_failures
+        )
+        self.kept[slot] += keep
+        return keep
+
+    def shortfall(self, attempts: int) -> str:
+        """Why the attempts ran out: which slots lack episodes."""
+        if self.slots == (None,):
+            return (f"the expert succeeded in only {self.kept[None]} of {attempts} episodes; "
+                    f"{self.wanted} were asked for (use keep_failures to keep failed ones)")
+        short = ", ".join(f"{slot!r} {self.kept[slot]}" for slot in self.slots if not self.full(slot))
+        return (f"after {attempts} attempts ({attempts // len(self.slots)} per task) the expert had succeeded in too "
+                f"few episodes of some tasks ({short}); {self.wanted} per task were asked for (use keep_failures "
+                "to keep failed ones)")
 
 
 def _record_missing(store: _Shards, config: CollectConfig, progress: bool, backend: Backend) -> None:
-    """Run the expert on the seeds after the recorded attempts until enough episodes are kept."""
+    """Run the expert on the attempts after the recorded ones until enough episodes are kept."""
     from tqdm.auto import tqdm
 
-    extra = 0 if config.keep_failures else max(MIN_EXTRA_ATTEMPTS, math.ceil(MAX_EXTRA_ATTEMPT_FRACTION * config.episodes))
-    kept = sum(r["kept"] for r in store.attempts)
+    quota = _Quota(config)
+    quota.count(store.attempts)
     frames, start = 0, time.perf_counter()
-    seeds = range(config.seed + len(store.attempts), config.seed + config.episodes + extra)
-    bar = tqdm(total=config.episodes, initial=kept, unit="ep", desc="collect", disable=not progress)
+    indices = range(len(store.attempts), quota.max_attempts)
+    bar = tqdm(total=config.total_episodes, initial=sum(quota.kept.values()), unit="ep", desc="collect",
+               disable=not progress)
     try:
-        with contextlib.closing(_episode_results(config, seeds, backend)) as results:
-            for seed, episode in zip(seeds, results) if kept < config.episodes else ():
-                keep = bool(episode["attrs"]["success"] or config.keep_failures)
-                store.record(seed, episode, keep)
+        attempts = (quota.attempt(i) for i in indices)  # drawn lazily: the skips see the latest counts
+        with contextlib.closing(_episode_results(config, attempts, backend)) as results:
+            for index, episode in zip(indices, results) if not quota.done() else ():
+                keep = quota.take(index, episode)
+                store.record(config.seed + index, episode, keep)
                 if keep:
-                    kept += 1
                     frames += episode["attrs"]["num_samples"]
                     bar.update(1)
                     bar.set_postfix(steps_per_s=f"{frames / (time.perf_counter() - start):.0f}", refresh=False)
-                if kept == config.episodes:
+                if quota.done():
                     break
     finally:
         store.flush()  # nothing recorded is lost, even on an interruption
         bar.close()
-    if kept < config.episodes:
-        raise RuntimeError(
-            f"the expert succeeded in only {kept} of {len(store.attempts)} episodes; "
-            f"{config.episodes} were asked for (use keep_failures to keep failed ones)"
-        )
+    if not quota.done():
+        raise RuntimeError(quota.shortfall(len(store.attempts)))
 
 
-def _write_metadata(handle: h5py.File, config: CollectConfig, kept: int, frames: int, attempts: int) -> None:
+def _write_metadata(handle: h5py.File, config: CollectConfig, tasks: list[str], frames: int, attempts: int) -> None:
+    """The file's attributes and masks; ``tasks``: the task of each kept episode, in order."""
     data = handle["data"]
     data.attrs["format_version"] = FORMAT_VERSION
     data.attrs["env_args"] = json.dumps(env_args(config.env_id, config.env_kwargs))
     data.attrs["total"] = frames
     collector = {k: v for k, v in asdict(config).items() if k not in (*NOT_IDENTITY, "env_kwargs", "env_id")}
-    collector.update(policy="ScriptedExpert", attempts=attempts, vla_gym_version=vla_gym.__version__)
+    collector.update(policy="ScriptedExpert", attempts=attempts, vla_gym_version=vla_gym.__version__,
+                     balanced=config.episodes_per_task is not None, episodes_by_task=dict(sorted(Counter(tasks).items())))
     data.attrs["collector"] = json.dumps(collector)
-    names = [demo_name(i) for i in range(kept)]
-    order = np.random.default_rng(config.seed).permutation(kept)
-    n_valid = int(round(config.valid_fraction * kept))
-    if config.valid_fraction > 0 and kept > 1:
-        n_valid = min(max(n_valid, 1), kept - 1)
-    valid = sorted(order[:n_valid].tolist())
-    train = sorted(order[n_valid:].tolist())
+    names = [demo_name(i) for i in range(len(tasks))]
+    train, valid = split_by_task(tasks, config.valid_fraction, config.seed)
     mask = handle.create_group("mask")
     mask.create_dataset("train", data=np.array([names[i] for i in train], dtype="S"))
     mask.create_dataset("valid", data=np.array([names[i] for i in valid], dtype="S"))
+
+
+def split_by_task(tasks: Sequence[str], valid_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, valid) episode numbers, each sorted, stratified by task: of each task's
+    episodes, :func:`valid_count` go to valid, the first of them in one permutation of all
+    episodes seeded by ``seed`` (with a single task, the split unstratified files had).
+
+    ``tasks``: the task of each episode, in order.
+    """
+    order = np.random.default_rng(seed).permutation(len(tasks)).tolist()
+    valid: list[int] = []
+    for task in sorted(set(tasks)):
+        mine = [i for i in order if tasks[i] == task]
+        valid += mine[: valid_count(len(mine), valid_fraction)]
+    return sorted(set(range(len(tasks))) - set(valid)), sorted(valid)
+
+
+def valid_count(episodes: int, valid_fraction: float) -> int:
+    """Validation episodes out of ``episodes``: the fraction, rounded, but at least one and
+    not all when there are two or more and ``valid_fraction > 0``."""
+    count = int(round(valid_fraction * episodes))
+    if valid_fraction > 0 and episodes > 1:
+        count = min(max(count, 1), episodes - 1)
+    return count

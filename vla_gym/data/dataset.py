@@ -4,7 +4,9 @@ directory whose ``index.h5`` has this layout, its episodes linked into shard fil
 Layout (``T`` = steps of an episode, ``S`` = image side)::
 
     data/                          attrs: env_args (JSON: env_name, env_kwargs, env_config),
-                                          format_version, total (frames), collector (JSON)
+                                          format_version, total (frames), collector (JSON:
+                                          the collection's settings, attempts, balanced
+                                          (episodes_per_task given), episodes_by_task)
     data/demo_<i>/obs/rgb          uint8   (T, S, S, 3)   chunked, compressed
     data/demo_<i>/obs/depth        float32 (T, S, S, 1)   metres, chunked, compressed
     data/demo_<i>/obs/proprio      float32 (T, 8)
@@ -23,6 +25,7 @@ Layout (``T`` = steps of an episode, ``S`` = image side)::
                                           (JSON: the agent camera's pose, which moves under
                                           camera_jitter)
     mask/train, mask/valid         bytes   episode names, split by episode (never by frame)
+                                          and stratified by task (each task its share)
 
 ``obs[t]`` is the observation the action ``actions[t]`` was chosen from.
 """
@@ -41,7 +44,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vla_gym.envs.language import decode_instruction, encode_instruction, sample_instruction
-from vla_gym.data.format import OBS_KEYS, LEGACY_TASK, SHARD_INDEX_FILE, DatasetError, env_config_dict
+from vla_gym.data.format import OBS_KEYS, SHARD_INDEX_FILE, DatasetError, env_config_dict, episode_task
 from vla_gym.data.validation import DemoFileSummary, check_demo_file, check_depth, read_array
 from vla_gym.envs.scene import COLOURS
 from vla_gym.envs.spaces import AGENT_CAMERA
@@ -166,6 +169,11 @@ class DemoDataset(Dataset):
     (goal object centre minus end-effector position, m), ``target_uv`` float32 (2,) (where
     the goal's centre is in the image, x and y in [-1, 1]).
 
+    The episodes kept are ``episodes`` (names), with ``tasks`` (each one's task name),
+    ``lengths`` int64 (E,) and ``starts`` int64 (E + 1,) (frame ``starts[e]`` opens episode
+    ``e``); ``task_names`` are the split's distinct tasks, sorted, and ``frame_tasks`` int64
+    (N,) gives each frame's task as an index into them.
+
     Lazy by default: the HDF5 file is opened on first access in each process (so it works
     with DataLoader workers) and each frame is read when asked for. ``in_memory=True``
     reads the split once into RAM (fastest for small datasets on few cores).
@@ -230,6 +238,7 @@ class DemoDataset(Dataset):
             )
             self.image_size = int(self.env_args["env_config"]["image_size"])
             self.starts = np.concatenate([[0], np.cumsum(self.lengths)])
+            self.task_names, self.frame_tasks = _frame_tasks(self.tasks, self.lengths)
             self._memory = self._read_all(data) if in_memory else None
         self._handle: h5py.File | None = None
         self._handle_pid: int | None = None
@@ -402,9 +411,12 @@ def drop_words(rng: np.random.Generator, text: str) -> str:
     return " ".join(kept)
 
 
-def episode_task(demo: h5py.Group) -> str:
-    """The task an episode ran (:data:`~vla_gym.data.format.LEGACY_TASK` for files from before the suite)."""
-    return str(demo.attrs.get("task", LEGACY_TASK))
+def _frame_tasks(tasks: Sequence[str], lengths: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+    """The distinct ``tasks`` (one per episode), sorted, and each frame's index into them:
+    int64 (sum(lengths),)."""
+    names = tuple(sorted(set(tasks)))
+    ids = np.array([names.index(task) for task in tasks], dtype=np.int64)
+    return names, np.repeat(ids, lengths)
 
 
 def _episode_paraphrases(demo: h5py.Group) -> list[str]:

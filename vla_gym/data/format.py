@@ -108,3 +108,9 @@ def held_out_splits(env_config: dict[str, Any]) -> list[str]:
 
 def demo_name(index: int) -> str:
     return f"demo_{index}"
+
+
+def episode_task(demo: Any) -> str:
+    """The task an episode (an ``h5py.Group`` of a demo file or shard) ran
+    (:data:`LEGACY_TASK` for files from before the suite)."""
+    return str(demo.attrs.get("task", LEGACY_TASK))
