@@ -909,6 +909,9 @@ class _Trainer:
             "critic_warmup": bool(model.in_critic_warmup),
             "rollout_success_rate": float(np.mean(model.ep_success_buffer)) if model.ep_success_buffer else None, "log_std": model.policy.log_std.detach().cpu().tolist(),
         }
+        per_task = result.per_task_stats()
+        if len(per_task) > 1:  # a multi-task env: each task's success too
+            record["per_task"] = {task: cell["success_rate"] for task, cell in per_task.items()}
         self.history.append(record)
         if _better(record, self.best):
             self.best = {k: v for k, v in record.items() if k != "log_std"}
@@ -916,11 +919,8 @@ class _Trainer:
         append_jsonl(self.out / "metrics.jsonl", record)
         model.logger.record("eval/success_rate", record["success_rate"])
         model.logger.record("eval/mean_length", record["mean_length"])
-        per_task = result.per_task_stats()
-        if len(per_task) > 1:  # a multi-task env: each task's success too
-            record["per_task"] = {task: cell["success_rate"] for task, cell in per_task.items()}
-            for task, rate in record["per_task"].items():
-                model.logger.record(f"eval/success_rate/{task}", rate)
+        for task, rate in record.get("per_task", {}).items():
+            model.logger.record(f"eval/success_rate/{task}", rate)
         model.logger.dump(model.num_timesteps)
         self.eval_seconds += time.perf_counter() - start
         if config.progress:
