@@ -92,6 +92,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
         result = bc.train_bc(bc.BCConfig(
             data=args.data, out=str(out), epochs=args.epochs, rollout_every=args.epochs, rollout_episodes=args.episodes,
             warmup_steps=0, progress=False, seed=args.seed,
+            network=read_checkpoint(args.init)["meta"]["network"],  # the start's own (vocabulary included)
         ))
     finally:
         bc.build_policy, bc._Losses.forward = original_build, original_forward
