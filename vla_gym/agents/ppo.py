@@ -111,6 +111,15 @@ TRAINING_STATE_KEYS = ("optimizer", "torch_rng")  # and "aux_optimizer" with aux
 TRAINING_META_KEYS = ("ppo", "timesteps", "n_updates", "rollouts_trained", "history", "best")
 
 
+def check_aux_trunk(aux_epochs: int, trunk_lr_scale: float) -> None:
+    """The auxiliary passes train the trunk alone: ``aux_epochs > 0`` needs ``trunk_lr_scale == 0``."""
+    if aux_epochs and trunk_lr_scale != 0:
+        raise ValueError(
+            f"aux_epochs={aux_epochs} trains the trunk with the auxiliary losses alone and needs "
+            f"trunk_lr_scale=0 (got {trunk_lr_scale}); set aux_epochs=0 to train the trunk with PPO's loss"
+        )
+
+
 @dataclass
 class PPOConfig:
     """Everything that defines a PPO fine-tuning run (saved in every checkpoint).
@@ -236,11 +245,7 @@ class PPOConfig:
                 self.target_kl = finite_float("target_kl", self.target_kl, 0.0, low_open=True)
             except ValueError:
                 raise ValueError(f"target_kl must be > 0 or None, got {self.target_kl!r}") from None
-        if self.aux_epochs and self.trunk_lr_scale != 0:
-            raise ValueError(
-                f"aux_epochs={self.aux_epochs} trains the trunk with the auxiliary losses alone and needs "
-                f"trunk_lr_scale=0 (got {self.trunk_lr_scale}); set aux_epochs=0 to train the trunk with PPO's loss"
-            )
+        check_aux_trunk(self.aux_epochs, self.trunk_lr_scale)
         if self.vec_env not in VEC_ENVS:
             raise ValueError(f"vec_env={self.vec_env!r} is not available; choose one of {VEC_ENVS}")
         if self.batch_size > self.n_steps * self.n_envs:
@@ -470,8 +475,7 @@ class VLAPPO(PPO):
 
     def _setup_model(self) -> None:
         super()._setup_model()
-        if self.aux_epochs and not self.trunk_frozen:
-            raise ValueError("aux_epochs > 0 needs trunk_lr_scale=0: the auxiliary losses alone train the trunk")
+        check_aux_trunk(self.aux_epochs, self.trunk_lr_scale)
         if self.sil_coef > 0:
             # Features go stale once the auxiliary passes move the trunk: then keep frames.
             encode = self.policy.extract_features if self.trunk_frozen and not self.aux_epochs else None
@@ -811,7 +815,6 @@ class _Trainer:
             network = state["meta"]["network"]
         else:
             network = config.network or NetworkConfig().to_dict()
-        self.network = network
         set_random_seed(config.seed, using_cuda=self.device.type == "cuda")
         start = int(state["meta"]["timesteps"]) if state else 0
         self.env = _make_vec_env(config, _train_env_seed(config.seed, start))
