@@ -92,5 +92,38 @@ def test_report_splits_are_checked_and_the_full_preset_randomises_the_camera(tmp
     assert full.ppo_config(tmp_path).env_kwargs == {"camera_jitter": jitter}  # PPO trains on the shifted cameras
     commands = "\n".join(pipeline._commands(full, tmp_path))
     assert '"camera_jitter": [0.03, 3.0]' in commands and "--sil-coef" in commands
-    with pytest.raises(ValueError, match=r"splits must be a non-empty list of \['camera_jitter', 'test', 'train'\]"):
-        AgentConfig(out=str(tmp_path / "x"), splits=["object_test"])
+    with pytest.raises(ValueError, match=r"splits must be a non-empty list of \['camera_jitter', 'object_test', "):
+        AgentConfig(out=str(tmp_path / "x"), splits=["objects"])
+
+
+def test_multitask_run_collects_balanced_demos_and_reports_a_row_per_task(tmp_path):
+    """VLAMultiTask-v0: one demo of each task, one policy, every task evaluated on its own
+    env id (train and the switched-goal check), a block per task and the mean over tasks."""
+    from vla_gym.data.dataset import DemoDataset
+    from vla_gym.envs.tasks import TASKS
+
+    out = tmp_path / "multi"
+    config = AgentConfig(
+        out=str(out), **{**TINY, "env_id": "VLAMultiTask-v0", "demo_episodes_per_task": 1, "eval_episodes": 1,
+                         "policies": ["scripted", "bc+ppo"], "splits": ["train", "switched_goal"]},
+    )
+    report = train_agent(config)
+    assert sorted(DemoDataset(out / "demos.h5", split="all").tasks) == sorted(TASKS)  # balanced: one each
+    cells = {(r["policy"], r["split"], r["task"]): r for r in report["results"]}
+    assert set(cells) == {(p, s, t) for p in ("scripted", "bc+ppo") for s in ("train", "switched_goal") for t in TASKS}
+    for task in TASKS:  # the expert does what each task's (and each switched) instruction says
+        assert cells["scripted", "train", task]["successes"] == 1
+        assert cells["scripted", "switched_goal", task]["successes"] == 1
+    assert cells["scripted", "train", "rearrange"]["num_subgoals"] >= 2
+    swapped = json.loads((out / "eval" / "scripted_switched_goal_stack.json").read_text())
+    assert swapped["metadata"]["swap_target"] and swapped["metadata"]["env_id"] == "VLAStack-v0"
+    means = {(m["policy"], m["split"]): m for m in report["mean_over_tasks"]}
+    assert means["scripted", "train"]["mean_success_rate"] == 1.0 and means["scripted", "train"]["tasks"] == len(TASKS)
+    markdown = (out / "report.md").read_text()
+    assert "### Mean over the 6 tasks" in markdown and "### rearrange" in markdown and "Subgoals done" in markdown
+    commands = "\n".join(report["commands"])
+    assert "--episodes-per-task 1" in commands and "--swap-target" in commands and "--env VLAPush-v0" in commands
+    with pytest.raises(ValueError, match="has one task: use demo_episodes"):
+        AgentConfig(out=str(tmp_path / "x"), **{**TINY, "demo_episodes_per_task": 3})
+    with pytest.raises(ValueError, match="policies must be a non-empty list of"):
+        AgentConfig(out=str(tmp_path / "x"), **{**TINY, "policies": ["expert"]})

@@ -607,7 +607,8 @@ def train_agent_main(argv: Sequence[str] | None = None) -> int:
         "(OUT/report.md). Rerun the same command to resume: finished stages are skipped.",
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                        help="quick: minutes on a laptop CPU; full: the configuration behind the README's figures")
+                        help="quick: minutes on a laptop CPU; full: the configuration behind the README's figures; "
+                        "multitask: one policy for every task of VLAMultiTask-v0, a report row per task")
     parser.add_argument("--out", default="runs/agent", help="run directory")
     parser.add_argument("--env", default=None, choices=sorted(ENV_IDS))
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (BC and PPO)")
@@ -634,8 +635,10 @@ def train_agent_main(argv: Sequence[str] | None = None) -> int:
         code = EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
         what = "terminated" if isinstance(err, Terminated) else "interrupted"
         parser.exit(code, f"train-agent: {what} (rerun the same command to resume)\n")
-    print(f"{args.out}/report.md: " + ", ".join(
-        f"{r['policy']} {r['split']} {r['success_rate']:.1%}" for r in report["results"]
+    rows = report.get("mean_over_tasks") or report["results"]
+    what = " (mean over tasks)" if report.get("mean_over_tasks") else ""
+    print(f"{args.out}/report.md{what}: " + ", ".join(
+        f"{r['policy']} {r['split']} {r.get('mean_success_rate', r.get('success_rate')):.1%}" for r in rows
     ) + f"; total {report['total_seconds']:.0f} s")
     return 0
 

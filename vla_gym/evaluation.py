@@ -466,6 +466,25 @@ def swapped_target_options(env: gym.Env) -> Callable[[int, int], dict[str, Any]]
     return options
 
 
+def _swappable_seeds(options: Callable[[int, int], dict[str, Any]], first_seed: int, episodes: int) -> list[int]:
+    """The first ``episodes`` seeds from ``first_seed`` up whose scene has another object
+    that can be the goal (``options`` from :func:`swapped_target_options`); e.g. a stack
+    scene whose only other flat object is the base has none."""
+    seeds: list[int] = []
+    limit = first_seed + episodes * MAX_SEEDS_PROBED_PER_EPISODE
+    seed = first_seed
+    while len(seeds) < episodes:
+        if seed >= limit:
+            raise ValueError(f"only {len(seeds)} of the seeds {first_seed}..{limit - 1} let another object be the goal")
+        try:
+            options(seed, len(seeds))
+            seeds.append(seed)
+        except ValueError:
+            pass
+        seed += 1
+    return seeds
+
+
 def _seeds_with_target(env: gym.Env, colour: str, first_seed: int, episodes: int) -> list[int]:
     """The first ``episodes`` seeds from ``first_seed`` up whose scene holds a ``colour`` object.
 
@@ -578,7 +597,8 @@ def run_evaluation(
     """Evaluate the policy ``policy`` (see :func:`policy_from_spec`) on ``env_id``, deterministically.
 
     ``swap_target=True`` is the grounding check: the same seeded scenes, each with another
-    object as the goal (see :func:`swapped_target_options`).
+    object as the goal (see :func:`swapped_target_options`); seeds whose scene has no other
+    possible goal are passed over, so the seeds are the first ``episodes`` that have one.
 
     Seeds are ``range(seed, seed + episodes)``. With ``target`` (a colour name), the goal of
     every episode is the object of that colour (reset option ``target``), and the seeds are
@@ -610,7 +630,8 @@ def run_evaluation(
     env = gym.make(env_id, render_mode="rgb_array" if video_path is not None else None, **env_kwargs)
     try:
         if swap_target:
-            seeds, options = list(range(seed, seed + episodes)), swapped_target_options(env)
+            options = swapped_target_options(env)
+            seeds = _swappable_seeds(options, seed, episodes)
         elif target is None:
             seeds, options = list(range(seed, seed + episodes)), None
         else:

@@ -5,13 +5,19 @@
     out/demos.h5              vla-gym collect       (scripted expert, HDF5)
     out/bc/                   vla-gym train-bc      (policy.pt, last.pt, tb/, metrics.jsonl)
     out/ppo/                  vla-gym train-ppo     (policy.pt, last.pt, tb/, metrics.jsonl)
-    out/eval/<policy>_<split>.json                  (one file per policy and instruction split)
+    out/eval/<policy>_<split>[_<task>].json         (one file per policy, split and, on a
+                                                     multi-task env, task)
     out/report.md, report.json, learning_curve.png, final_policy.mp4
 
 Each stage records itself in ``out/stages.json`` when it completes and is skipped on the
 next run; BC and PPO resume from their ``last.pt`` at the step where they stopped, and
 the evaluation from the cells already written. A run directory belongs to one config:
 running another preset into it is refused.
+
+On a multi-task env (``VLAMultiTask-v0``, the ``multitask`` preset) the demos are balanced
+over the tasks (``demo_episodes_per_task``), BC and PPO train one policy on the mixture,
+and the report evaluates every task on its own env id (``VLAPick-v0``, ...): a row per
+task and split, and the mean over tasks.
 """
 
 from __future__ import annotations
@@ -37,8 +43,14 @@ POLICIES = ("scripted", "random", "bc", "bc+ppo")
 REPORT_SPLITS: dict[str, dict[str, Any]] = {
     "train": {"instruction_split": "train"},
     "test": {"instruction_split": "test"},
+    "object_test": {"object_split": "test"},
     "camera_jitter": {"camera_jitter": [0.03, 3.0]},
+    "switched_goal": {"instruction_split": "train"},
 }
+#: Splits run as the grounding check (``run_evaluation(swap_target=True)``): each seed's
+#: train scene with another object as the goal and the instruction naming it, so a policy
+#: that ignores the instruction and goes for the scene's usual goal fails.
+SWAP_SPLITS = frozenset({"switched_goal"})
 SPLITS = ("train", "test")  # the default
 STAGES = ("demos", "bc", "ppo", "evaluation")
 VIDEO_FILE = "final_policy.mp4"
@@ -79,6 +91,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_episodes": 100,
         "splits": ["train", "test", "camera_jitter"],
     },
+    # One policy for the whole task suite: 300 demos of each of the 6 tasks, BC on the
+    # mixture, PPO on VLAMultiTask-v0 with the camera randomised, a report row per task.
+    # The report leaves out the scripted and random rows (benchmarks/RESULTS.md, "Scripted
+    # experts on every task", has them) to stay within 45 minutes on 2 CPU cores.
+    "multitask": {
+        "env_id": "VLAMultiTask-v0",
+        "demo_episodes_per_task": 300,
+        "bc": {"epochs": 8, "rollout_every": 0},
+        "ppo": {**PPO_SETTINGS, "timesteps": 16_384, "eval_every": 8192, "eval_episodes": 60,
+                "env_kwargs": {"camera_jitter": [0.03, 3.0]}},
+        "eval_episodes": 100,
+        "policies": ["bc", "bc+ppo"],
+        "splits": ["train", "test", "object_test", "camera_jitter", "switched_goal"],
+    },
 }
 
 
@@ -91,11 +117,15 @@ class AgentConfig:
         preset: name of the preset the stage settings came from (for the report).
         env_id: env of every stage.
         demo_episodes: expert episodes to collect.
+        demo_episodes_per_task: on a multi-task env: collect exactly this many episodes of
+            each task instead (``vla-gym collect --episodes-per-task``); None uses
+            ``demo_episodes`` with the task drawn per episode.
         demo_workers: collection worker processes.
         bc: :class:`~vla_gym.agents.bc.BCConfig` fields (besides data, out, device, seed).
         ppo: :class:`~vla_gym.agents.ppo.PPOConfig` fields (besides init, out, env, device, seed).
-        eval_episodes: episodes per policy and split in the report.
+        eval_episodes: episodes per policy and split (and task, on a multi-task env) in the report.
         splits: the report's splits, names of :data:`REPORT_SPLITS`.
+        policies: the report's rows, from :data:`POLICIES`.
         eval_seed: first report seed.
         eval_workers: evaluation worker processes.
         video_episodes: episodes of the final policy in ``final_policy.mp4``.
@@ -112,11 +142,13 @@ class AgentConfig:
     preset: str = "custom"
     env_id: str = DEFAULT_ENV_ID
     demo_episodes: int = 1000
+    demo_episodes_per_task: int | None = None
     demo_workers: int = 2
     bc: dict[str, Any] = field(default_factory=dict)
     ppo: dict[str, Any] = field(default_factory=dict)
     eval_episodes: int = 200
     splits: list[str] = field(default_factory=lambda: list(SPLITS))
+    policies: list[str] = field(default_factory=lambda: list(POLICIES))
     eval_seed: int = REPORT_SEED
     eval_workers: int = 2
     video_episodes: int = 2
@@ -139,6 +171,10 @@ class AgentConfig:
         if not isinstance(self.splits, (list, tuple)) or not self.splits or set(self.splits) - set(REPORT_SPLITS):
             raise ValueError(f"splits must be a non-empty list of {sorted(REPORT_SPLITS)}, got {self.splits!r}")
         self.splits = list(dict.fromkeys(self.splits))
+        if not isinstance(self.policies, (list, tuple)) or not self.policies or set(self.policies) - set(POLICIES):
+            raise ValueError(f"policies must be a non-empty list of {list(POLICIES)}, got {self.policies!r}")
+        self.policies = [p for p in POLICIES if p in self.policies]
+        self._check_tasks()
         for name, reserved in (("bc", {"data", "out", "device", "seed", "resume", "progress"}),
                                ("ppo", {"init", "out", "env_id", "device", "seed", "resume", "progress"})):
             clash = sorted(reserved & set(getattr(self, name)))
@@ -147,6 +183,36 @@ class AgentConfig:
         # Build the stage configs once, so a bad field fails now rather than after the demos.
         self.bc_config(Path(self.out))
         self.ppo_config(Path(self.out))
+
+    def _check_tasks(self) -> None:
+        from vla_gym.envs.registration import ENV_IDS
+
+        if self.env_id not in ENV_IDS:
+            raise ValueError(f"env_id={self.env_id!r} is not a vla_gym env id; choose one of {sorted(ENV_IDS)}")
+        if self.demo_episodes_per_task is not None:
+            if len(self.tasks) < 2:
+                raise ValueError(
+                    f"demo_episodes_per_task balances the demos over a multi-task env's tasks; {self.env_id} "
+                    "has one task: use demo_episodes"
+                )
+            if int(self.demo_episodes_per_task) < 1:
+                raise ValueError(f"demo_episodes_per_task must be >= 1, got {self.demo_episodes_per_task!r}")
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks of ``env_id`` (several for ``VLAMultiTask-v0``)."""
+        from vla_gym.envs.registration import ENV_IDS
+        from vla_gym.envs.tasks import TASKS
+
+        tasks = ENV_IDS[self.env_id]["tasks"]
+        return list(TASKS) if tasks == "all" else [tasks] if isinstance(tasks, str) else list(tasks)
+
+    @property
+    def eval_tasks(self) -> list[str | None]:
+        """The report's task blocks: None (the env itself) for a one-task env, else every
+        task, each evaluated on its own env id."""
+        tasks = self.tasks
+        return [None] if len(tasks) == 1 else tasks
 
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> "AgentConfig":
@@ -274,10 +340,11 @@ def _claim_run_directory(out: Path, config: AgentConfig) -> None:
 def _run_demos(config: AgentConfig, out: Path) -> str:
     from vla_gym.data.collect import CollectConfig, collect_demos
 
+    per_task = config.demo_episodes_per_task
+    count = {"episodes_per_task": per_task} if per_task is not None else {"episodes": config.demo_episodes}
     result = collect_demos(
-        CollectConfig(out=str(out / "demos.h5"), env_id=config.env_id, episodes=config.demo_episodes,
-                      workers=config.demo_workers, seed=config.seed, backend=config.backend,
-                      ray_address=config.ray_address),
+        CollectConfig(out=str(out / "demos.h5"), env_id=config.env_id, workers=config.demo_workers,
+                      seed=config.seed, backend=config.backend, ray_address=config.ray_address, **count),
         progress=config.progress, resume=True, keep_partial=True,  # a killed collection continues on rerun
     )
     return result.summary()
@@ -308,8 +375,16 @@ def _policy_spec(name: str, out: Path) -> str:
     return {"bc": str(out / "bc" / "policy.pt"), "bc+ppo": str(out / "ppo" / "policy.pt")}.get(name, name)
 
 
-def _cell_path(out: Path, policy: str, split: str) -> Path:
-    return out / "eval" / f"{policy.replace('+', '_')}_{split}.json"
+def _cell_path(out: Path, policy: str, split: str, task: str | None = None) -> Path:
+    suffix = f"_{task}" if task is not None else ""
+    return out / "eval" / f"{policy.replace('+', '_')}_{split}{suffix}.json"
+
+
+def _cell_env_id(config: AgentConfig, task: str | None) -> str:
+    """The env a report cell runs on: the run's env, or the task's own id."""
+    from vla_gym.envs.registration import TASK_ENV_IDS
+
+    return config.env_id if task is None else TASK_ENV_IDS[task]
 
 
 _SHIPPED: dict[str, str] = {}
@@ -341,7 +416,7 @@ def _evaluate_cell(task: dict[str, Any]) -> dict[str, Any]:
         run_evaluation(
             _SHIPPED.get(task["spec"], task["spec"]), env_id=task["env_id"], episodes=task["episodes"], seed=task["seed"],
             json_path=json_path, video_path=video_path, video_episodes=task["video_episodes"],
-            device="cpu", env_kwargs=task["env_kwargs"], progress=False,
+            device="cpu", env_kwargs=task["env_kwargs"], progress=False, swap_target=task["swap_target"],
         )
         video = video_path.read_bytes() if video_path is not None else None
         result = json.loads(json_path.read_text())
@@ -362,17 +437,22 @@ def _run_evaluation(config: AgentConfig, out: Path) -> str:
     from vla_gym.backends import make_backend, ship_files
 
     tasks = []
-    for policy in POLICIES:
+    video_task = config.eval_tasks[0]
+    for policy in config.policies:
         for split in config.splits:
-            path = _cell_path(out, policy, split)
-            if path.exists():
-                continue  # written by an earlier, interrupted attempt
-            record_video = policy == "bc+ppo" and split == "train" and config.video_episodes > 0
-            tasks.append({
-                "spec": _policy_spec(policy, out), "env_id": config.env_id, "episodes": config.eval_episodes,
-                "seed": config.eval_seed, "json": str(path), "split": split, "env_kwargs": REPORT_SPLITS[split],
-                "video": str(out / VIDEO_FILE) if record_video else None, "video_episodes": max(config.video_episodes, 1),
-            })
+            for task in config.eval_tasks:
+                path = _cell_path(out, policy, split, task)
+                if path.exists():
+                    continue  # written by an earlier, interrupted attempt
+                record_video = (policy == "bc+ppo" and split == "train" and task == video_task
+                                and config.video_episodes > 0)
+                tasks.append({
+                    "spec": _policy_spec(policy, out), "env_id": _cell_env_id(config, task),
+                    "episodes": config.eval_episodes, "seed": config.eval_seed, "json": str(path), "split": split,
+                    "env_kwargs": REPORT_SPLITS[split], "swap_target": split in SWAP_SPLITS,
+                    "video": str(out / VIDEO_FILE) if record_video else None,
+                    "video_episodes": max(config.video_episodes, 1),
+                })
     (out / "eval").mkdir(exist_ok=True)
     # The slowest cells (the network policies and random's full-length episodes) first.
     tasks.sort(key=lambda t: t["spec"] == "scripted")
@@ -382,7 +462,8 @@ def _run_evaluation(config: AgentConfig, out: Path) -> str:
         cells = backend.imap_unordered(_evaluate_cell, tasks, setup=_init_cell_worker, setup_args=(files,))
         for _, cell in _progress(cells, len(tasks), config.progress):
             _save_cell(cell)
-    return f"{len(POLICIES)} policies x {len(config.splits)} splits x {config.eval_episodes} episodes"
+    per_task = f" x {len(config.eval_tasks)} tasks" if config.eval_tasks != [None] else ""
+    return f"{len(config.policies)} policies x {len(config.splits)} splits{per_task} x {config.eval_episodes} episodes"
 
 
 def _progress(items, total: int, enabled: bool):
@@ -391,13 +472,17 @@ def _progress(items, total: int, enabled: bool):
     return tqdm(items, total=total, desc="evaluate", unit="cell", disable=not enabled)
 
 
-def _read_cell(out: Path, policy: str, split: str) -> dict[str, Any]:
-    data = json.loads(_cell_path(out, policy, split).read_text())
-    return {
+def _read_cell(out: Path, policy: str, split: str, task: str | None = None) -> dict[str, Any]:
+    data = json.loads(_cell_path(out, policy, split, task).read_text())
+    row = {
         "policy": policy, "split": split, "episodes": data["episodes"], "successes": data["successes"],
         "success_rate": data["success_rate"], "ci_low": data["ci95"][0], "ci_high": data["ci95"][1],
         "mean_length": data["mean_length"], "source": data["metadata"]["policy"],
     }
+    if task is not None:
+        stats = data["per_task"][task]
+        row.update(task=task, mean_subgoals_done=stats["mean_subgoals_done"], num_subgoals=stats["num_subgoals"])
+    return row
 
 
 def build_report(config: AgentConfig, out: Path, stages: _Stages, skipped: dict[str, bool]) -> dict[str, Any]:
@@ -416,7 +501,7 @@ def build_report(config: AgentConfig, out: Path, stages: _Stages, skipped: dict[
     if curve:
         plot_learning_curve(curve, bc_level, out / LEARNING_CURVE_FILE)
         curve_file = LEARNING_CURVE_FILE
-    results = [_read_cell(out, p, s) for p in POLICIES for s in config.splits]
+    results = [_read_cell(out, p, s, t) for p in config.policies for s in config.splits for t in config.eval_tasks]
     ppo = config.ppo_config(out)
     stage_table = {
         name: {"seconds": stages.data[name]["seconds"], "skipped": skipped.get(name, False),
@@ -429,6 +514,12 @@ def build_report(config: AgentConfig, out: Path, stages: _Stages, skipped: dict[
         "or selects on.",
         "bc+ppo is the PPO checkpoint with the best learning-curve success (then the shortest episodes).",
     ]
+    if config.eval_tasks != [None]:
+        notes.append(
+            f"One policy for the {len(config.tasks)} tasks of {config.env_id}; each task's rows ran on the task's own "
+            "env id, on the same seeds. switched_goal: each seed's train scene with another object as the goal "
+            "and the instruction naming it (the instruction-blind check)."
+        )
     return {
         "title": "vla_gym train-agent report",
         "preset": config.preset,
@@ -438,8 +529,10 @@ def build_report(config: AgentConfig, out: Path, stages: _Stages, skipped: dict[
         "hardware": hardware_dict(),
         "device": resolve_device(config.device).type,
         "eval": {"episodes": config.eval_episodes, "seed_first": config.eval_seed,
-                 "seed_last": config.eval_seed + config.eval_episodes - 1, "splits": list(config.splits)},
+                 "seed_last": config.eval_seed + config.eval_episodes - 1, "splits": list(config.splits),
+                 "tasks": [t for t in config.eval_tasks if t is not None]},
         "results": results,
+        "mean_over_tasks": _mean_over_tasks(results),
         "learning_curve": curve,
         "bc_level": bc_level,
         "collapse": collapse_summary(curve, bc_level),
@@ -457,6 +550,19 @@ def build_report(config: AgentConfig, out: Path, stages: _Stages, skipped: dict[
     }
 
 
+def _mean_over_tasks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per policy and split, the mean of the per-task success rates (empty for one task)."""
+    cells: dict[tuple[str, str], list[float]] = {}
+    for row in results:
+        if row.get("task") is not None:
+            cells.setdefault((row["policy"], row["split"]), []).append(row["success_rate"])
+    return [
+        {"policy": policy, "split": split, "tasks": len(rates), "mean_success_rate": sum(rates) / len(rates),
+         "min_success_rate": min(rates)}
+        for (policy, split), rates in cells.items()
+    ]
+
+
 def _commands(config: AgentConfig, out: Path) -> list[str]:
     """The command that made this run, and the stage commands it is equivalent to."""
     q = shlex.quote
@@ -465,8 +571,10 @@ def _commands(config: AgentConfig, out: Path) -> list[str]:
     return [
         main,
         "# the same stages one by one:",
-        f"vla-gym collect --env {config.env_id} --episodes {config.demo_episodes} --workers {config.demo_workers} "
-        f"--seed {config.seed} --out {q(bc.data)}",
+        f"vla-gym collect --env {config.env_id} "
+        + (f"--episodes-per-task {config.demo_episodes_per_task}" if config.demo_episodes_per_task is not None
+           else f"--episodes {config.demo_episodes}")
+        + f" --workers {config.demo_workers} --seed {config.seed} --out {q(bc.data)}",
         f"vla-gym train-bc --data {q(bc.data)} --out {q(bc.out)} --epochs {bc.epochs} --batch-size {bc.batch_size} "
         f"--rollout-every {bc.rollout_every} --rollout-episodes {bc.rollout_episodes} --seed {config.seed}",
         f"vla-gym train-ppo --init {q(ppo.init)} --env {ppo.env_id} --timesteps {ppo.timesteps} --n-envs {ppo.n_envs} "
@@ -482,10 +590,11 @@ def _commands(config: AgentConfig, out: Path) -> list[str]:
         + (f" --bc-coef {ppo.bc_coef} --bc-decay {ppo.bc_decay}" if ppo.bc_coef else "")
         + f" --out {q(ppo.out)}",
         *(
-            f"vla-gym evaluate --policy {q(_policy_spec(p, out))} --env {config.env_id} "
+            f"vla-gym evaluate --policy {q(_policy_spec(p, out))} --env {_cell_env_id(config, t)} "
             f"--env-kwargs {q(json.dumps(REPORT_SPLITS[s]))} --episodes {config.eval_episodes} "
-            f"--seed {config.eval_seed} --json {q(str(_cell_path(out, p, s)))}"
-            for p in POLICIES for s in config.splits
+            f"--seed {config.eval_seed}" + (" --swap-target" if s in SWAP_SPLITS else "")
+            + f" --json {q(str(_cell_path(out, p, s, t)))}"
+            for p in config.policies for s in config.splits for t in config.eval_tasks
         ),
     ]
 

@@ -128,14 +128,16 @@ def _check_curve(curve: Sequence[Mapping[str, Any]], allow_empty: bool) -> None:
 def validate_report(report: Mapping[str, Any]) -> None:
     """Raise ValueError naming the first missing key or out-of-range fraction of ``report``.
 
-    Schema (``notes`` is the only optional top-level key)::
+    Schema (``notes`` and ``mean_over_tasks`` are the optional top-level keys)::
 
         title: str; preset: str ("quick", "full", ...); created: ISO-8601 str
         env_id: str; env_kwargs: dict
         hardware: vla_gym.hardware.hardware_dict(); device: "cpu" | "cuda" (training)
         eval: {episodes: int per cell, seed_first: int, seed_last: int, splits: [str]}
         results: [{policy, split, episodes, successes, success_rate, ci_low, ci_high,
-                   mean_length (env steps), source}]   fractions in [0, 1], 95 % Wilson
+                   mean_length (env steps), source}]   fractions in [0, 1], 95 % Wilson;
+                 on a multi-task run also task, mean_subgoals_done, num_subgoals
+        mean_over_tasks: [{policy, split, tasks, mean_success_rate, min_success_rate}]  optional
         learning_curve: [{timesteps (env steps), success_rate, ci_low, ci_high,
                           mean_length (optional)}]     may be empty
         bc_level: float in [0, 1] | None               eval success at PPO step 0
@@ -313,10 +315,8 @@ def success_cell(result: Mapping[str, Any]) -> str:
     )
 
 
-def _success_section(report: Mapping[str, Any]) -> list[str]:
-    results = report["results"]
-    evaluation = report["eval"]
-    splits = list(dict.fromkeys([*evaluation["splits"], *(r["split"] for r in results)]))
+def _success_table(results: Sequence[Mapping[str, Any]], splits: Sequence[str]) -> list[str]:
+    """Policy x split table of ``results`` (one task's rows, or a one-task run's)."""
     policies = _ordered((r["policy"] for r in results), POLICY_ORDER)
     by_cell = {(r["policy"], r["split"]): r for r in results}
     rows = []
@@ -324,15 +324,56 @@ def _success_section(report: Mapping[str, Any]) -> list[str]:
         cells = [success_cell(by_cell[policy, split]) if (policy, split) in by_cell else MISSING_CELL for split in splits]
         sources = dict.fromkeys(str(r["source"]) for r in results if r["policy"] == policy)
         rows.append([policy, *cells, ", ".join(f"`{source}`" for source in sources)])
+    if not rows:
+        return ["No policy was evaluated."]
+    return _table(["policy", *splits, "source"], ["l", *("l" for _ in splits), "l"], rows)
+
+
+def _task_blocks(results: Sequence[Mapping[str, Any]], splits: Sequence[str]) -> list[str]:
+    """A multi-task report: the mean over tasks, then a table per task (and, for tasks of
+    several subgoals, the mean number done: CALVIN's measure)."""
+    tasks = list(dict.fromkeys(r["task"] for r in results))
+    policies = _ordered((r["policy"] for r in results), POLICY_ORDER)
+    rates: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        rates.setdefault((r["policy"], r["split"]), []).append(float(r["success_rate"]))
+    mean_rows = [
+        [policy, *(f"{format_percent(sum(v) / len(v))} (lowest {format_percent(min(v))})"
+                   if (v := rates.get((policy, split))) else MISSING_CELL for split in splits)]
+        for policy in policies
+    ]
+    lines = [f"### Mean over the {len(tasks)} tasks", "",
+             *_table(["policy", *splits], ["l", *("l" for _ in splits)], mean_rows)]
+    for task in tasks:
+        rows = [r for r in results if r["task"] == task]
+        lines += ["", f"### {task}", "", *_success_table(rows, splits)]
+        if any(float(r.get("num_subgoals", 1)) > 1 for r in rows):
+            by_cell = {(r["policy"], r["split"]): r for r in rows}
+            sub_rows = [
+                [policy, *(f"{by_cell[policy, s]['mean_subgoals_done']:.2f} / {by_cell[policy, s]['num_subgoals']:.2f}"
+                           if (policy, s) in by_cell else MISSING_CELL for s in splits)]
+                for policy in _ordered((r["policy"] for r in rows), POLICY_ORDER)
+            ]
+            lines += ["", f"Subgoals done / subgoals per episode ({task}, means):", "",
+                      *_table(["policy", *splits], ["l", *("r" for _ in splits)], sub_rows)]
+    return lines
+
+
+def _success_section(report: Mapping[str, Any]) -> list[str]:
+    results = report["results"]
+    evaluation = report["eval"]
+    splits = list(dict.fromkeys([*evaluation["splits"], *(r["split"] for r in results)]))
     lines = ["## Success rates", ""]
-    if rows:
-        lines += _table(["policy", *splits, "source"], ["l", *("l" for _ in splits), "l"], rows)
+    if any(r.get("task") is not None for r in results):
+        lines += _task_blocks(results, splits)
+        per = "task, policy and split"
     else:
-        lines.append("No policy was evaluated.")
+        lines += _success_table(results, splits)
+        per = "cell"
     lines += [
         "",
         f"Success rate with its 95 % Wilson interval · successes/episodes, mean episode length in env steps. "
-        f"Episodes {evaluation['episodes']} per cell, seeds {evaluation['seed_first']}-{evaluation['seed_last']}, "
+        f"Episodes {evaluation['episodes']} per {per}, seeds {evaluation['seed_first']}-{evaluation['seed_last']}, "
         "deterministic actions, same seeds for every policy.",
     ]
     return lines

@@ -239,7 +239,7 @@ class DemoDataset(Dataset):
             self.image_size = int(self.env_args["env_config"]["image_size"])
             self.starts = np.concatenate([[0], np.cumsum(self.lengths)])
             self.task_names, self.frame_tasks = _frame_tasks(self.tasks, self.lengths)
-            self._memory = self._read_all(data) if in_memory else None
+            self._memory = self._read_all(data) if in_memory and names else None  # an empty split reads nothing
         self._handle: h5py.File | None = None
         self._handle_pid: int | None = None
 
