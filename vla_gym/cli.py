@@ -327,16 +327,24 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _benchmark_arguments(p: argparse.ArgumentParser) -> None:
-    from vla_gym.benchmark import BENCHMARK_SEED, MAX_EPISODES, SPLITS
+    from vla_gym.benchmark import ALL_TASKS, BENCHMARK_SEED, MAX_EPISODES, SPLITS
+    from vla_gym.envs.tasks import TASKS
 
     p.add_argument("--policies", required=True,
                    help="comma-separated: scripted, random, checkpoint paths, or label=path")
-    p.add_argument("--episodes", type=int_option(1, MAX_EPISODES), default=200, help="episodes per policy and split")
-    p.add_argument("--out", default="reports", help="directory of benchmark.md, benchmark.json, benchmark.png")
+    p.add_argument("--episodes", type=int_option(1, MAX_EPISODES), default=200,
+                   help="episodes per policy, task and split")
+    p.add_argument("--out", default="reports",
+                   help="directory of benchmark.md, benchmark.json, benchmark.png, benchmark_heatmap.png")
     p.add_argument("--seed", type=SEED, default=BENCHMARK_SEED,
                    help=f"first seed (default {BENCHMARK_SEED}: used by no training stage)")
     p.add_argument("--splits", default=",".join(s.name for s in SPLITS), help="comma-separated split names")
-    p.add_argument("--env", default=DEFAULT_ENV_ID, choices=sorted(ENV_IDS))
+    p.add_argument("--env", default=DEFAULT_ENV_ID, choices=sorted(ENV_IDS),
+                   help="the env id of every episode (not with --tasks)")
+    p.add_argument("--tasks", default=None,
+                   help=f"comma-separated tasks of {', '.join(TASKS)}, or {ALL_TASKS!r}: each runs on its own env id "
+                        "on the same seeds; the report adds a table per task, the mean over the tasks and a heat map "
+                        "(default: the --env id only)")
     p.add_argument("--env-kwargs", type=env_kwargs_option, default=None,
                    help="JSON object of base env kwargs (not the split keys); image_size defaults to the checkpoints'")
     p.add_argument("--workers", type=WORKERS, default=None, help="worker processes (default: all cores)")
@@ -517,15 +525,22 @@ def _run_benchmark(args: argparse.Namespace) -> None:
 
     config = BenchmarkConfig(
         policies=args.policies, out=args.out, episodes=args.episodes, seed=args.seed,
-        splits=[s.strip() for s in args.splits.split(",") if s.strip()], env_id=args.env,
+        splits=[s.strip() for s in args.splits.split(",") if s.strip()], env_id=args.env, tasks=args.tasks,
         env_kwargs=args.env_kwargs or {}, device=args.device, progress=not args.no_progress,
         overwrite=args.overwrite, backend=args.backend, ray_address=args.ray_address,
         **({} if args.workers is None else {"workers": args.workers}),
     )
     report = run_benchmark(config)
-    print(f"{args.out}: benchmark.md, benchmark.json, benchmark.png ({report['seconds']:.0f} s)")
-    for label, by_split in report["results"].items():
-        print(f"  {label}: " + ", ".join(f"{split} {cell['success_rate']:.1%}" for split, cell in by_split.items()))
+    print(f"{args.out}: benchmark.md, benchmark.json, benchmark.png, benchmark_heatmap.png "
+          f"({report['seconds']:.0f} s)")
+    rates = report.get("mean_over_tasks") or {
+        label: {split: cell["success_rate"] for split, cell in by_split.items()}
+        for label, by_split in report["results"].items()
+    }
+    if "mean_over_tasks" in report:
+        print(f"  mean over {len(report['tasks'])} tasks:")
+    for label, by_split in rates.items():
+        print(f"  {label}: " + ", ".join(f"{split} {rate:.1%}" for split, rate in by_split.items()))
 
 
 RUNNERS = {
