@@ -93,6 +93,9 @@ def _language(policy, texts):
 
 
 def test_unknown_words_change_nothing_and_colours_steer():
+    # Seeded: with some random attention scores (3 start states in 40) nearly all the weight
+    # goes to other words, and red and blue then differ by less than allclose's tolerance.
+    torch.manual_seed(0)
     policy = make_policy()
     torch.nn.init.normal_(policy.features_extractor.language.score.weight)  # non-uniform attention
     base, noisy, shouting, repeated, other = _language(
@@ -312,7 +315,7 @@ def test_a_given_vocabulary_sizes_the_word_embedding():
     assert extractor.tokenizer.encode_text("push the red cube")[:3].tolist() == [2, 1, 3]
 
 
-def _save_tiny(path, network: dict, drop_vocabulary: bool = False):
+def _save_tiny(path, network: dict, drop_vocabulary: bool = False, drop: tuple[str, ...] = ()):
     from vla_gym.agents.checkpoint import build_policy, save_checkpoint
     from vla_gym.data.format import env_args
 
@@ -320,6 +323,8 @@ def _save_tiny(path, network: dict, drop_vocabulary: bool = False):
     meta_network = policy.network_config.to_dict()
     if drop_vocabulary:  # as every checkpoint saved before the vocabulary was recorded
         del meta_network["vocabulary"]
+    for name in drop:  # fields older checkpoints lack
+        del meta_network[name]
     save_checkpoint(path, policy, {"env": env_args("VLAPick-v0"), "network": meta_network})
     return policy
 
@@ -366,3 +371,72 @@ def test_checkpoint_lacking_a_task_words_says_which(tmp_path, make_env):
     with pytest.raises(CheckpointError, match=r"task 'push' lacks \[.*'push'.*'zone'\]"):
         check_task_vocabulary(str(path), policy.network_config, ["pick", "push"], env_name="VLAPush-v0", strict=True)
     assert not check_task_vocabulary("new.pt", NetworkConfig(), ["pick", "push"], env_name="VLAPush-v0", strict=True)
+
+
+def _actions_and_values(policy: VLAActorCriticPolicy, obs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The deterministic actions and the values of ``obs``, without gradients."""
+    with torch.no_grad():
+        actions, values, _ = policy(obs, deterministic=True)
+    return actions, values
+
+
+@pytest.mark.parametrize("use_depth", [True, False])
+def test_use_depth_decides_whether_depth_changes_the_outputs(use_depth):
+    policy = make_policy(network={**SMALL, "use_depth": use_depth})
+    policy.set_training_mode(False)
+    obs = random_obs(3)
+    other = {**obs, "depth": torch.flip(obs["depth"], dims=[1]) * 2.0}  # another depth image, same rest
+    actions, values = _actions_and_values(policy, obs)
+    other_actions, other_values = _actions_and_values(policy, other)
+    if use_depth:
+        assert not torch.allclose(values, other_values) and not torch.allclose(actions, other_actions)
+    else:
+        torch.testing.assert_close(values, other_values, rtol=0, atol=0)
+        torch.testing.assert_close(actions, other_actions, rtol=0, atol=0)
+        # The gradient path (no cached folded weights) ignores depth as well.
+        torch.testing.assert_close(policy.extract_features(obs, policy.features_extractor),
+                                   policy.extract_features(other, policy.features_extractor), rtol=0, atol=0)
+
+
+def test_use_depth_round_trips_and_defaults_to_true_for_old_configs(tmp_path):
+    from vla_gym.agents.checkpoint import load_policy, read_checkpoint
+
+    config = NetworkConfig(**SMALL, use_depth=False)
+    assert config.to_dict()["use_depth"] is False
+    assert NetworkConfig(**config.to_dict()) == config
+    old = NetworkConfig(**SMALL).to_dict()
+    del old["use_depth"]  # a config (checkpoint) saved before the field existed
+    assert NetworkConfig(**old).use_depth is True
+    path = tmp_path / "rgb_only.pt"
+    saved = _save_tiny(path, {**SMALL, "use_depth": False})
+    assert read_checkpoint(path)["meta"]["network"]["use_depth"] is False
+    loaded = load_policy(path, device="cpu")
+    assert loaded.network_config.use_depth is False
+    obs = random_obs(2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.extract_features(obs, loaded.features_extractor),
+                                   saved.extract_features(obs, saved.features_extractor))
+
+
+@pytest.mark.parametrize("value", [1, "false", None])
+def test_use_depth_must_be_a_bool(value):
+    with pytest.raises(ValueError, match=r"use_depth must be true or false .*got"):
+        NetworkConfig(use_depth=value)
+
+
+def test_configs_saved_before_use_depth_resume_and_load_as_depth_on(tmp_path):
+    from vla_gym.agents.checkpoint import CheckpointError, load_policy, resume_differences
+
+    old = NetworkConfig(**SMALL).to_dict()
+    del old["use_depth"]  # a BC run config (last.pt) written before the field existed
+    wanted = {"epochs": 2, "network": NetworkConfig(**SMALL).to_dict()}
+    assert resume_differences({"epochs": 2, "network": old}, wanted, frozenset()) == []
+    rgb_only = {"epochs": 2, "network": NetworkConfig(**SMALL, use_depth=False).to_dict()}
+    assert resume_differences({"epochs": 2, "network": old}, rgb_only, frozenset()) == [
+        "network.use_depth: checkpoint True vs requested False"
+    ]
+    path = tmp_path / "old.pt"
+    _save_tiny(path, SMALL, drop=("use_depth",))
+    assert load_policy(path, device="cpu", network=NetworkConfig(**SMALL)).network_config.use_depth is True
+    with pytest.raises(CheckpointError, match="use_depth"):
+        load_policy(path, device="cpu", network=NetworkConfig(**SMALL, use_depth=False))

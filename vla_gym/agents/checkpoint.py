@@ -310,8 +310,22 @@ def _list_difference(found: list, expected: list) -> str:
     )
 
 
+#: Network config fields added after checkpoints were first written, with the value that
+#: a checkpoint without the field behaves as (``vocabulary`` is not here: a checkpoint
+#: without it used another vocabulary, see ``with_recorded_vocabulary``).
+NETWORK_FIELDS_ADDED: dict[str, Any] = {"use_depth": True}
+
+
+def with_added_network_fields(network: Any) -> Any:
+    """A checkpoint's network config with the fields it predates (:data:`NETWORK_FIELDS_ADDED`) filled in."""
+    return {**NETWORK_FIELDS_ADDED, **network} if isinstance(network, dict) else network
+
+
 def resume_differences(saved: dict[str, Any], wanted: dict[str, Any], may_change: frozenset[str]) -> list[str]:
-    """:func:`config_differences` of two run configs, leaving out the fields in ``may_change``."""
+    """:func:`config_differences` of two run configs, leaving out the fields in ``may_change``
+    (a saved network config gets the fields it predates)."""
+    if isinstance(saved.get("network"), dict):
+        saved = {**saved, "network": with_added_network_fields(saved["network"])}
     return config_differences(
         {k: v for k, v in saved.items() if k not in may_change}, {k: v for k, v in wanted.items() if k not in may_change}
     )
@@ -364,7 +378,7 @@ def load_policy(
     meta = payload["meta"]
     if network is not None:
         wanted = network.to_dict() if isinstance(network, NetworkConfig) else NetworkConfig(**network).to_dict()
-        differ = config_differences(meta["network"], wanted, "network")
+        differ = config_differences(with_added_network_fields(meta["network"]), wanted, "network")
         if differ:
             raise CheckpointError(f"checkpoint {str(path)!r} was made with another network config: " + "; ".join(differ))
     try:

@@ -190,6 +190,10 @@ class NetworkConfig:
             None for the word encoder.
         vocabulary: the word encoder's vocabulary, ``PAD`` and ``UNK`` first; None gives
             :data:`VOCABULARY`. Empty for a sentence encoder.
+        use_depth: feed the depth image to the conv trunk. False leaves the depth part of
+            the first conv layer out of the forward pass, so depth changes no output (an
+            ablation: RGB only); the weights keep their shape, so checkpoints of either kind
+            load alike. Checkpoints saved before this field load with True.
     """
 
     channels: tuple[int, ...] = (32, 32, 64)
@@ -207,6 +211,7 @@ class NetworkConfig:
     language_encoder: str = WORD_ENCODER
     language_embedding_dim: int | None = None
     vocabulary: tuple[str, ...] | None = None
+    use_depth: bool = True
 
     def __post_init__(self) -> None:
         # Sizes come from users and from checkpoint files: each is bounded before anything
@@ -230,6 +235,11 @@ class NetworkConfig:
             k: [bounded_int(f"net_arch[{k!r}]", w, 1, MAX_WIDTH) for w in v] for k, v in self.net_arch.items()
         }
         self.log_std_init = finite_float("log_std_init", self.log_std_init, MIN_LOG_STD_INIT, MAX_LOG_STD_INIT)
+        if not isinstance(self.use_depth, bool):
+            raise ValueError(
+                "use_depth must be true or false (whether the conv trunk reads the depth image), "
+                f"got {self.use_depth!r}"
+            )
         self._check_language()
 
     def _check_language(self) -> None:
@@ -599,8 +609,9 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         read = self.tokenizer(instruction) if self.tokenizer is not None else instruction
         return (read[:, None, :] == read[None, :, :]).all(-1)
 
-    def _images(self, observations: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """rgb (B, 3, H, W) in [0, 255] and depth (B, 1, H, W) in metres, as float views.
+    def _images(self, observations: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """rgb (B, 3, H, W) in [0, 255] and depth (B, 1, H, W) in metres, as float views;
+        depth is None when the config does not use it (``use_depth=False``).
 
         Channel-last observations (the env's layout) become channels-last views for free,
         which is what the conv trunk runs fastest on; channel-first ones (after SB3's
@@ -609,9 +620,11 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         """
         rgb = observations["rgb"]
         rgb = rgb if rgb.is_floating_point() else rgb.float()  # SB3 has made it float already
-        depth = observations["depth"].to(rgb.dtype)
         if not self.rgb_channels_first:
             rgb = rgb.permute(0, 3, 1, 2)
+        if not self.config.use_depth:
+            return rgb, None
+        depth = observations["depth"].to(rgb.dtype)
         if not self.depth_channels_first:
             depth = depth.permute(0, 3, 1, 2)
         return rgb, depth
@@ -627,20 +640,24 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
             entry = self._weight_cache[name] = (version, compute())
         return entry[1]
 
-    def _first_conv(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    def _first_conv(self, rgb: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:
         """The first conv layer on the raw rgb and depth, without stacking them (measured
         faster than one copy into a 4-channel input): its weights split by input channel, with
-        rgb / 255 and (depth - near) / (far - near) folded into them and the bias."""
+        rgb / 255 and (depth - near) / (far - near) folded into them and the bias. Without
+        depth (``depth`` None, ``use_depth=False``) the depth weights take no part, not even
+        in the bias: the layer is the rgb half alone."""
         conv = self.convs[0]
+        inputs = 4 if depth is not None else 3  # rgb channels come first in the weight
 
         def fold() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            weight = conv.weight * self.input_scale.view(1, 4, 1, 1)
-            bias = conv.bias - (weight * self.input_shift.view(1, 4, 1, 1)).sum(dim=(1, 2, 3))
+            weight = conv.weight[:, :inputs] * self.input_scale[:inputs].view(1, inputs, 1, 1)
+            bias = conv.bias - (weight * self.input_shift[:inputs].view(1, inputs, 1, 1)).sum(dim=(1, 2, 3))
             layout = torch.channels_last
             return weight[:, :3].contiguous(memory_format=layout), weight[:, 3:].contiguous(memory_format=layout), bias
 
-        rgb_weight, depth_weight, bias = self._weights_cached("first_conv", (conv.weight, conv.bias), fold)
-        return F.conv2d(rgb, rgb_weight, bias, conv.stride) + F.conv2d(depth, depth_weight, None, conv.stride)
+        rgb_weight, depth_weight, bias = self._weights_cached(f"first_conv_{inputs}", (conv.weight, conv.bias), fold)
+        out = F.conv2d(rgb, rgb_weight, bias, conv.stride)
+        return out if depth is None else out + F.conv2d(depth, depth_weight, None, conv.stride)
 
     def _proprio(self, proprio: torch.Tensor) -> torch.Tensor:
         """The proprio MLP on ``(proprio - shift) / scale``, the standardisation folded into
