@@ -381,3 +381,20 @@ def test_a_single_task_split_is_the_unstratified_one(episodes, fraction):
     n_valid = int(round(fraction * episodes))
     n_valid = min(max(n_valid, 1), episodes - 1) if episodes > 1 else n_valid
     assert split_by_task(["pick"] * episodes, fraction, seed=7)[1] == sorted(order[:n_valid].tolist())
+
+
+def test_paraphrase_word_drops_keep_the_words_that_tell_tasks_apart():
+    import numpy as np
+
+    from vla_gym.data.dataset import drop_words, task_specific_words
+
+    keep = task_specific_words({"pick", "stack", "push", "place"})
+    assert {"stack", "on", "push", "zone", "into", "bowl"} <= keep
+    assert not {"the", "cube", "red"} & keep  # every task uses them (colours are kept anyway)
+    assert task_specific_words({"pick"}) == frozenset()
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        words = drop_words(rng, "stack the red cube on the blue cube", keep).split()
+        assert {"stack", "red", "on", "blue"} <= set(words)
+    dropped = {w for _ in range(200) for w in ["stack", "on"] if w not in drop_words(rng, "stack on red").split()}
+    assert dropped == {"stack", "on"}  # without keep, any non-colour word may go

@@ -92,11 +92,12 @@ def _language(policy, texts):
         return extractor.language(extractor.tokenizer(instruction))
 
 
-def test_unknown_words_change_nothing_and_colours_steer():
+@pytest.mark.parametrize("context", ["bag", "gru"])
+def test_unknown_words_change_nothing_and_colours_steer(context):
     # Seeded: with some random attention scores (3 start states in 40) nearly all the weight
     # goes to other words, and red and blue then differ by less than allclose's tolerance.
     torch.manual_seed(0)
-    policy = make_policy()
+    policy = make_policy(network={**SMALL, "word_context": context})
     torch.nn.init.normal_(policy.features_extractor.language.score.weight)  # non-uniform attention
     base, noisy, shouting, repeated, other = _language(
         policy,
@@ -110,10 +111,38 @@ def test_unknown_words_change_nothing_and_colours_steer():
     )
     torch.testing.assert_close(base, noisy)
     torch.testing.assert_close(base, shouting)
-    torch.testing.assert_close(base, repeated)  # a repeated known word counts once
+    if context == "bag":
+        torch.testing.assert_close(base, repeated)  # a repeated known word counts once
+    else:
+        assert not torch.allclose(base, repeated)  # in order, repeats and all
     assert not torch.allclose(base, other)
     nothing_known = _language(policy, ["xyzzy plugh"])[0]
     assert torch.isfinite(nothing_known).all()
+
+
+def test_word_order_tells_roles_apart_in_a_gru_not_in_a_bag():
+    """Stack, place and spatial pick name two objects: only the order says which is which."""
+    texts = ["stack the red cube on the blue cube", "stack the blue cube on the red cube"]
+    bag = _language(make_policy(network={**SMALL, "word_context": "bag"}), texts)
+    torch.testing.assert_close(bag[0], bag[1])
+    gru = _language(make_policy(network={**SMALL, "word_context": "gru"}), texts)
+    assert not torch.allclose(gru[0], gru[1])
+    assert NetworkConfig().word_context == "gru"
+    with pytest.raises(ValueError, match=r"word_context must be one of \['gru', 'bag'\]"):
+        NetworkConfig(word_context="lstm")
+
+
+def test_checkpoints_saved_before_word_context_load_as_a_bag(tmp_path):
+    from vla_gym.agents.checkpoint import load_policy
+
+    path = tmp_path / "old.pt"
+    saved = _save_tiny(path, {**SMALL, "word_context": "bag"}, drop=("word_context",))
+    loaded = load_policy(path, device="cpu")
+    assert loaded.network_config.word_context == "bag"
+    obs = random_obs(2, ["stack the red cube on the blue cube", "pick up the green ball"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.extract_features(obs, loaded.features_extractor),
+                                   saved.extract_features(obs, saved.features_extractor))
 
 
 def test_tokenizer_maps_unknown_words_to_one_id():
@@ -312,7 +341,9 @@ def test_a_given_vocabulary_sizes_the_word_embedding():
     vocabulary = ["<pad>", "<unk>", "push", "red"]
     extractor = make_policy(network={**SMALL, "vocabulary": vocabulary}).features_extractor
     assert extractor.language.embed.num_embeddings == 4
-    assert extractor.tokenizer.encode_text("push the red cube")[:3].tolist() == [2, 1, 3]
+    assert extractor.tokenizer.encode_text("push the red cube")[:3].tolist() == [2, 3, 0]  # known words, in order
+    bag = make_policy(network={**SMALL, "vocabulary": vocabulary, "word_context": "bag"}).features_extractor
+    assert bag.tokenizer.encode_text("push the red cube")[:3].tolist() == [2, 1, 3]  # unknown words as 1
 
 
 def _save_tiny(path, network: dict, drop_vocabulary: bool = False, drop: tuple[str, ...] = ()):

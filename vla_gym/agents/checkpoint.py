@@ -215,7 +215,7 @@ def _parse_meta(text: Any, path: str) -> dict[str, Any]:
     try:
         if not isinstance(meta["network"], dict):
             raise ValueError(f"must be a JSON object, got {type(meta['network']).__name__}")
-        meta["network"] = with_recorded_vocabulary(meta["network"])
+        meta["network"] = with_added_network_fields(with_recorded_vocabulary(meta["network"]))
         NetworkConfig(**meta["network"])
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"checkpoint {path!r}: meta['network'] is not a valid network config: {err}") from None
@@ -313,7 +313,7 @@ def _list_difference(found: list, expected: list) -> str:
 #: Network config fields added after checkpoints were first written, with the value that
 #: a checkpoint without the field behaves as (``vocabulary`` is not here: a checkpoint
 #: without it used another vocabulary, see ``with_recorded_vocabulary``).
-NETWORK_FIELDS_ADDED: dict[str, Any] = {"use_depth": True}
+NETWORK_FIELDS_ADDED: dict[str, Any] = {"use_depth": True, "word_context": "bag"}
 
 
 def with_added_network_fields(network: Any) -> Any:

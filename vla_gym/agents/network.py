@@ -57,6 +57,11 @@ WORD_ENCODER = "words"
 WORD_PATTERN = re.compile(r"[a-z]+")
 #: Instructions are cut to this many words.
 MAX_WORDS = 24
+#: ``NetworkConfig.word_context``: how the word encoder reads an instruction's words.
+#: "gru": a bidirectional GRU over the known words in order (repeats kept), so "stack the
+#: red cube on the blue cube" and its reverse differ; "bag": attention pooling of the
+#: distinct known words, order-free (the encoder before the task suite; enough for pick).
+WORD_CONTEXTS = ("gru", "bag")
 
 
 #: The vocabulary of checkpoints saved before the vocabulary was recorded in the network
@@ -113,21 +118,33 @@ def words_of(text: str) -> list[str]:
 
 
 class Tokenizer:
-    """Instruction bytes (uint8 ``(B, 128)``) to word ids ``(B, MAX_WORDS)`` (0 = pad, 1 = unknown)."""
+    """Instruction bytes (uint8 ``(B, 128)``) to word ids ``(B, MAX_WORDS)`` (0 = pad, 1 = unknown).
 
-    def __init__(self, vocabulary: tuple[str, ...] = VOCABULARY, max_words: int = MAX_WORDS) -> None:
+    ``in_order=False`` (the "bag" word context): each known word once, in order of first
+    appearance, unknown words as 1. ``in_order=True`` (the "gru" context): the known words
+    in order, repeats kept, unknown words left out (so a held-out word does not move the
+    sequence the GRU reads).
+    """
+
+    def __init__(self, vocabulary: tuple[str, ...] = VOCABULARY, max_words: int = MAX_WORDS,
+                 in_order: bool = False) -> None:
         self.index = {word: i for i, word in enumerate(vocabulary)}
         self.max_words = max_words
+        self.in_order = in_order
         self._cache: dict[bytes, np.ndarray] = {}
 
     def encode_text(self, text: str) -> np.ndarray:
-        """Word ids in order of first appearance; a known word that repeats counts once.
+        """Word ids (see the class docstring), padded with 0 to ``max_words``.
 
-        The pooling is an attention-weighted mean, so a repeated filler word ("the red one
-        off the table") would otherwise take a double share of the weight from the colour.
+        In a bag the pooling is an attention-weighted mean, so a repeated filler word ("the
+        red one off the table") would otherwise take a double share of the weight from the colour.
         """
         ids, seen = [], set()
         for word in words_of(text):
+            if self.in_order:
+                if word in self.index:
+                    ids.append(self.index[word])
+                continue
             if word in self.index and word in seen:
                 continue
             seen.add(word)
@@ -190,6 +207,9 @@ class NetworkConfig:
             None for the word encoder.
         vocabulary: the word encoder's vocabulary, ``PAD`` and ``UNK`` first; None gives
             :data:`VOCABULARY`. Empty for a sentence encoder.
+        word_context: how the word encoder reads the words, one of :data:`WORD_CONTEXTS`:
+            "gru" (order-aware; the default) or "bag" (order-free; checkpoints saved before
+            this field load with it).
         use_depth: feed the depth image to the conv trunk. False leaves the depth part of
             the first conv layer out of the forward pass, so depth changes no output (an
             ablation: RGB only); the weights keep their shape, so checkpoints of either kind
@@ -212,6 +232,7 @@ class NetworkConfig:
     language_embedding_dim: int | None = None
     vocabulary: tuple[str, ...] | None = None
     use_depth: bool = True
+    word_context: str = "gru"
 
     def __post_init__(self) -> None:
         # Sizes come from users and from checkpoint files: each is bounded before anything
@@ -240,6 +261,8 @@ class NetworkConfig:
                 "use_depth must be true or false (whether the conv trunk reads the depth image), "
                 f"got {self.use_depth!r}"
             )
+        if self.word_context not in WORD_CONTEXTS:
+            raise ValueError(f"word_context must be one of {list(WORD_CONTEXTS)}, got {self.word_context!r}")
         self._check_language()
 
     def _check_language(self) -> None:
@@ -374,6 +397,36 @@ class LanguageEncoder(nn.Module):
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # no known word: zero vector
         pooled = (weights.unsqueeze(-1) * words).sum(dim=1)
         return self.out(pooled)
+
+
+class SequenceLanguageEncoder(nn.Module):
+    """Word ids (B, L), known words in order and 0-padded, to an instruction embedding (B, D).
+
+    A bidirectional GRU reads the words; each word's embedding plus its GRU context is
+    scored, and the attention-weighted mean goes through an MLP. The context binds a colour
+    to its noun and a role to its place in the sentence ("the red cube on the blue cube").
+    An instruction with no known word gives the MLP of a zero vector.
+    """
+
+    def __init__(self, vocab_size: int, word_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, word_dim, padding_idx=0)
+        self.gru = nn.GRU(word_dim, word_dim // 2, batch_first=True, bidirectional=True)
+        self.mix = nn.Linear(2 * (word_dim // 2), word_dim)
+        self.score = nn.Linear(word_dim, 1)
+        self.out = nn.Sequential(nn.Linear(word_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        words = self.embed(ids)  # (B, L, E)
+        known = ids > 0
+        lengths = known.sum(dim=1).clamp_min(1).cpu()  # the known words come first
+        packed = nn.utils.rnn.pack_padded_sequence(words, lengths, batch_first=True, enforce_sorted=False)
+        context, _ = self.gru(packed)
+        context, _ = nn.utils.rnn.pad_packed_sequence(context, batch_first=True, total_length=ids.shape[1])
+        tokens = words + self.mix(context)  # (B, L, E)
+        scores = self.score(tokens).squeeze(-1).masked_fill(~known, float("-inf"))
+        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+        return self.out((weights.unsqueeze(-1) * tokens).sum(dim=1))
 
 
 #: How to install what a sentence-transformers language encoder needs.
@@ -588,8 +641,10 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         self.tokenizer: Tokenizer | None = None
         self.sentence_encoder: SentenceEncoder | None = None
         if config.language_encoder == WORD_ENCODER:
-            self.tokenizer = Tokenizer(config.vocabulary)
-            self.language = LanguageEncoder(len(config.vocabulary), config.word_dim, config.language_dim)
+            in_order = config.word_context == "gru"
+            self.tokenizer = Tokenizer(config.vocabulary, in_order=in_order)
+            encoder = SequenceLanguageEncoder if in_order else LanguageEncoder
+            self.language = encoder(len(config.vocabulary), config.word_dim, config.language_dim)
             return
         dim, width = config.language_embedding_dim, config.language_dim
         self.sentence_encoder = SentenceEncoder(config.language_encoder, dim)
@@ -691,7 +746,9 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         change: an optimiser step, ``load_state_dict``, a move to another device).
         """
         if torch.is_grad_enabled():
-            return self._conditioning(instruction)
+            # A batch repeats its instructions: encode each distinct one once.
+            distinct, inverse = torch.unique(instruction, dim=0, return_inverse=True)
+            return self._conditioning(distinct)[inverse]
         cache = self._weights_cached("conditioning", (*self.language.parameters(), *self.condition.parameters()), dict)
         keys = [row.tobytes() for row in instruction.detach().to("cpu", torch.uint8).numpy()]
         missing = [i for i, key in enumerate(keys) if key not in cache]

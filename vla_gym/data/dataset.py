@@ -229,6 +229,7 @@ class DemoDataset(Dataset):
             self.episodes = names
             self.tasks = [episode_task(data[n]) for n in names]
             self.paraphrases = [_episode_paraphrases(data[n]) for n in names]
+            self.kept_words = task_specific_words(set(self.tasks))
             self.lengths = np.array([int(data[n].attrs["num_samples"]) for n in names], dtype=np.int64)
             self.targets = [(str(data[n].attrs["target_colour"]), str(data[n].attrs["target_shape"])) for n in names]
             self.cameras = [_episode_camera(data[n]) for n in names]
@@ -313,7 +314,7 @@ class DemoDataset(Dataset):
         if not options:
             colour, shape = self.targets[episode]
             return paraphrase_instruction(rng, colour, shape)
-        return drop_words(rng, options[int(rng.integers(len(options)))])
+        return drop_words(rng, options[int(rng.integers(len(options)))], self.kept_words)
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
         """A whole batch at once, stacked: each key gets a leading batch dimension.
@@ -405,10 +406,25 @@ def paraphrase_instruction(rng: np.random.Generator, colour: str, shape: str) ->
     return drop_words(rng, sample_instruction(rng, colour, shape, "train"))
 
 
-def drop_words(rng: np.random.Generator, text: str) -> str:
-    """``text`` with each word other than a colour word dropped with :data:`WORD_DROP_PROB`."""
-    kept = [w for w in text.split() if w.strip(",.?") in COLOURS or rng.random() >= WORD_DROP_PROB]
+def drop_words(rng: np.random.Generator, text: str, keep: frozenset[str] = frozenset()) -> str:
+    """``text`` with each word other than a colour word or a word of ``keep`` dropped with
+    :data:`WORD_DROP_PROB`."""
+    kept = [w for w in text.split()
+            if w.strip(",.?") in COLOURS or w.strip(",.?").lower() in keep or rng.random() >= WORD_DROP_PROB]
     return " ".join(kept)
+
+
+def task_specific_words(tasks: set[str]) -> frozenset[str]:
+    """The train-split words that some but not all of ``tasks`` use ("push", "zone", "on",
+    "left", ...): dropped from a paraphrase, they could leave an instruction that another
+    task's demo also fits. Empty for one task (its paraphrases drop any non-colour word)."""
+    from vla_gym.envs.tasks import TASKS, task_words
+
+    names = sorted(t for t in tasks if t in TASKS)
+    if len(names) < 2:
+        return frozenset()
+    words = [task_words("train", [name]) for name in names]
+    return frozenset(set().union(*words) - set.intersection(*words))
 
 
 def _frame_tasks(tasks: Sequence[str], lengths: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
