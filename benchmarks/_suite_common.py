@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -530,3 +531,22 @@ def offline_hub() -> None:
 def json_text(value: Any) -> str:
     """``value`` as one line of JSON, keys sorted (for a section's settings)."""
     return json.dumps(value, sort_keys=True)
+
+
+def open_suite(section: str, args: argparse.Namespace, argv: list[str] | None) -> "Suite":
+    """The :class:`Suite` of a script's parsed common options."""
+    from report import command_line
+
+    return Suite(section, args.work, Deadline(args.max_minutes), args.only_table, args.workers,
+                 not args.no_progress, command_line(argv))
+
+
+def guarded(section: str, run: Callable[[], str]) -> int:
+    """A script's exit status: print what ``run`` returns (0), or a :class:`SuiteError`'s
+    message on stderr (2)."""
+    try:
+        print(run())
+    except SuiteError as err:
+        print(f"{section}: {err}", file=sys.stderr)
+        return 2
+    return 0

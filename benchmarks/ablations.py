@@ -27,14 +27,12 @@ stage or cell, ``--only-table`` renders what is there.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import _suite_common as suite_lib
-from _suite_common import Cell, Deadline, Stage, Suite, SuiteError
-from report import command_line
+from _suite_common import Cell, Stage, Suite, SuiteError
 
 from vla_gym.benchmark import BENCHMARK_SEED, SPLITS_BY_NAME
 
@@ -65,9 +63,11 @@ class Row:
 
 ENCODER_SLUG = "pretrained_encoder"
 ROWS = (
-    Row("full", "full", "full", "word encoder, depth, no contrastive loss; BC + PPO"),
+    Row("full", "full", "full", "word encoder reading word order (`gru`), depth, no contrastive loss; BC + PPO"),
     Row("no PPO", "no_ppo", "full", "the full row's BC policy, no PPO", ppo=False),
     Row("no depth", "no_depth", "no_depth", "RGB only (`use_depth=False`); BC + PPO", network={"use_depth": False}),
+    Row("order-free words", "bag_words", "bag_words", "the order-free word encoder (`word_context=\"bag\"`); BC + PPO",
+        network={"word_context": "bag"}),
     Row("+ contrastive", "contrastive", "contrastive", f"InfoNCE loss, `contrastive_coef={CONTRASTIVE_COEF}`; BC + PPO",
         contrastive_coef=CONTRASTIVE_COEF),
     Row("pretrained encoder", ENCODER_SLUG, ENCODER_SLUG, "frozen sentence-transformers encoder; BC + PPO"),
@@ -203,24 +203,22 @@ def summary(suite: Suite, args: argparse.Namespace, not_run: dict[str, str]) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-        suite = Suite(SECTION, args.work, Deadline(args.max_minutes), args.only_table, args.workers,
-                      not args.no_progress, command_line(argv))
-        wanted = {row.slug for row in args.rows}
-        problem = encoder_problem(args) if ENCODER_SLUG in wanted else None
-        not_run = {ENCODER_SLUG: problem} if problem else {}
-        expected = run_plan(suite, args, not_run)
-        suite.finish()
-        for slug, reason in not_run.items():
-            print(f"[{SECTION}] row {ROWS_BY_NAME[slug].label}: {reason}")
-        suite_lib.write_json(args.work / SUMMARY_FILE, summary(suite, args, not_run))
-        body = [budget(suite, args, expected), "", *table(suite, args, not_run), ""]
-        print(suite_lib.write_results(args.out, SECTION, "Ablations at one reduced budget", body))
-    except SuiteError as err:
-        print(f"{SECTION}: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return suite_lib.guarded(SECTION, lambda: _run(argv))
+
+
+def _run(argv: list[str] | None) -> str:
+    args = parse_args(argv)
+    suite = suite_lib.open_suite(SECTION, args, argv)
+    wanted = {row.slug for row in args.rows}
+    problem = encoder_problem(args) if ENCODER_SLUG in wanted else None
+    not_run = {ENCODER_SLUG: problem} if problem else {}
+    expected = run_plan(suite, args, not_run)
+    suite.finish()
+    for slug, reason in not_run.items():
+        print(f"[{SECTION}] row {ROWS_BY_NAME[slug].label}: {reason}")
+    suite_lib.write_json(args.work / SUMMARY_FILE, summary(suite, args, not_run))
+    body = [budget(suite, args, expected), "", *table(suite, args, not_run), ""]
+    return suite_lib.write_results(args.out, SECTION, "Ablations at one reduced budget", body)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,11 @@ stops after the running stage or cell, ``--only-table`` renders what is there.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 import _suite_common as suite_lib
-from _suite_common import Cell, Deadline, Suite, SuiteError
-from report import command_line
+from _suite_common import Cell, Suite, SuiteError
 
 from vla_gym.agents.bc import BCConfig
 from vla_gym.benchmark import BENCHMARK_SEED, SPLITS_BY_NAME
@@ -219,17 +217,15 @@ def render(suite: Suite, args: argparse.Namespace, expected: list[Cell]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-        suite = Suite(SECTION, args.work, Deadline(args.max_minutes), args.only_table, args.workers,
-                      not args.no_progress, command_line(argv))
-        expected = run_plan(suite, args)
-        suite.finish()
-        print(render(suite, args, expected))
-    except SuiteError as err:
-        print(f"{SECTION}: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return suite_lib.guarded(SECTION, lambda: _run(argv))
+
+
+def _run(argv: list[str] | None) -> str:
+    args = parse_args(argv)
+    suite = suite_lib.open_suite(SECTION, args, argv)
+    expected = run_plan(suite, args)
+    suite.finish()
+    return render(suite, args, expected)
 
 
 if __name__ == "__main__":

@@ -29,11 +29,21 @@ TARGET_QUICK_SECONDS = 10 * 60
 TARGET_FULL_SECONDS = 15 * 60
 
 
-def _cell(report: dict, policy: str, split: str) -> dict:
-    return next(r for r in report["results"] if r["policy"] == policy and r["split"] == split)
+#: Acceptance targets of the multitask preset (issue 13).
+TARGET_MULTITASK_SECONDS = 45 * 60
+TARGET_MT_TRAIN_MEAN, TARGET_MT_TEST_MEAN, TARGET_MT_TASK_FLOOR = 0.90, 0.80, 0.70
+TARGET_MT_CAMERA_MEAN, TARGET_MT_SWITCHED, TARGET_MT_PICK = 0.90, 0.80, 0.98
+TARGET_MT_SUBGOALS = 1.7
+TARGET_MT_BC_WEAK, TARGET_MT_GAIN = 0.80, 0.10
 
 
-SPLIT_TITLES = {"train": "train-split instructions", "test": "test-split instructions", "camera_jitter": "camera jitter"}
+def _cell(report: dict, policy: str, split: str, task: str | None = None) -> dict:
+    return next(r for r in report["results"]
+                if r["policy"] == policy and r["split"] == split and r.get("task") == task)
+
+
+SPLIT_TITLES = {"train": "train-split instructions", "test": "test-split instructions", "camera_jitter": "camera jitter",
+                "object_test": "object test", "switched_goal": "switched goal"}
 
 
 def _quick_check(report: dict) -> str:
@@ -59,6 +69,90 @@ def _full_check(report: dict, splits: list[str]) -> str:
     return out
 
 
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "BELOW TARGET"
+
+
+def _mean(report: dict, policy: str, split: str) -> float | None:
+    rows = [r["success_rate"] for r in report["results"] if r["policy"] == policy and r["split"] == split]
+    return sum(rows) / len(rows) if rows else None
+
+
+def _multitask_table(report: dict, splits: list[str]) -> list[str]:
+    """Rows: each task (then the mean) x policy; columns: the splits."""
+    tasks = report["eval"]["tasks"]
+    policies = list(dict.fromkeys(r["policy"] for r in report["results"]))
+    lines = ["| task | policy | " + " | ".join(SPLIT_TITLES.get(x, x) for x in splits) + " |",
+             "|---|---|" + "---|" * len(splits)]
+    for task in tasks:
+        for policy in policies:
+            cells = []
+            for split in splits:
+                cell = _cell(report, policy, split, task)
+                extra = (f", subgoals {cell['mean_subgoals_done']:.2f}/{cell['num_subgoals']:.2f}"
+                         if cell.get("num_subgoals", 1) > 1 else "")
+                cells.append(success_cell(cell) + extra)
+            lines.append(f"| {task} | {policy} | " + " | ".join(cells) + " |")
+    for policy in policies:
+        lines.append(f"| **mean** | {policy} | " + " | ".join(f"{_mean(report, policy, x):.1%}" for x in splits) + " |")
+    return lines
+
+
+def _multitask_checks(report: dict, splits: list[str]) -> list[str]:
+    """The issue's targets for the multitask preset, each with the figure measured."""
+    tasks, final = report["eval"]["tasks"], "bc+ppo"
+    out = []
+    train = _mean(report, final, "train")
+    floor = min(_cell(report, final, "train", t)["success_rate"] for t in tasks)
+    out.append(f"- BC+PPO mean over tasks, train split {train:.1%} (target >= {TARGET_MT_TRAIN_MEAN:.0%}): "
+               f"{_verdict(train >= TARGET_MT_TRAIN_MEAN)}; lowest task {floor:.1%} (target >= "
+               f"{TARGET_MT_TASK_FLOOR:.0%}): {_verdict(floor >= TARGET_MT_TASK_FLOOR)}")
+    for split in ("test", "object_test"):
+        if split in splits:
+            value = _mean(report, final, split)
+            out.append(f"- BC+PPO mean over tasks, {split} {value:.1%} (target >= {TARGET_MT_TEST_MEAN:.0%}): "
+                       f"{_verdict(value >= TARGET_MT_TEST_MEAN)}")
+    if "camera_jitter" in splits:
+        value = _mean(report, final, "camera_jitter")
+        out.append(f"- BC+PPO mean over tasks, camera jitter {value:.1%} (target >= {TARGET_MT_CAMERA_MEAN:.0%}): "
+                   f"{_verdict(value >= TARGET_MT_CAMERA_MEAN)}")
+    if "switched_goal" in splits:
+        low = min(_cell(report, final, "switched_goal", t)["success_rate"] for t in tasks)
+        out.append(f"- Switched goal (instruction-blind check), lowest task {low:.1%} (target >= "
+                   f"{TARGET_MT_SWITCHED:.0%} on every task): {_verdict(low >= TARGET_MT_SWITCHED)}")
+    if "pick" in tasks:
+        pick = _cell(report, final, "train", "pick")["success_rate"]
+        out.append(f"- The multi-task policy on VLAPick-v0 (train split) {pick:.1%} (target >= {TARGET_MT_PICK:.0%}): "
+                   f"{_verdict(pick >= TARGET_MT_PICK)}")
+    if "rearrange" in tasks:
+        cell = _cell(report, final, "train", "rearrange")
+        out.append(f"- VLARearrange-v0 subgoals done {cell['mean_subgoals_done']:.2f} of {cell['num_subgoals']:.2f} "
+                   f"on average (target >= {TARGET_MT_SUBGOALS}): "
+                   f"{_verdict(cell['mean_subgoals_done'] >= TARGET_MT_SUBGOALS)}")
+    return out + _multitask_gain_checks(report, splits)
+
+
+def _multitask_gain_checks(report: dict, splits: list[str]) -> list[str]:
+    """PPO >= 10 points above BC where BC < 80 %, and never below BC's interval."""
+    weak, worse = [], []
+    for task in report["eval"]["tasks"]:
+        for split in splits:
+            bc, ppo = _cell(report, "bc", split, task), _cell(report, "bc+ppo", split, task)
+            gain = ppo["success_rate"] - bc["success_rate"]
+            if split == "train" and bc["success_rate"] < TARGET_MT_BC_WEAK:
+                weak.append(f"{task} {bc['success_rate']:.0%} -> {ppo['success_rate']:.0%} ({gain * 100:+.0f})")
+                weak[-1] += "" if gain >= TARGET_MT_GAIN else " BELOW"
+            if ppo["ci_high"] < bc["success_rate"]:
+                worse.append(f"{task}/{split} {bc['success_rate']:.0%} -> {ppo['success_rate']:.0%}")
+    ok = all(not w.endswith("BELOW") for w in weak)
+    return [
+        f"- PPO on tasks where BC is below {TARGET_MT_BC_WEAK:.0%} (train split; target >= "
+        f"{TARGET_MT_GAIN * 100:.0f} points): {'; '.join(weak) or 'no such task'}: {_verdict(ok)}",
+        f"- BC+PPO significantly below BC (its interval's top under BC's rate) in: {'; '.join(worse) or 'no cell'}: "
+        f"{_verdict(not worse)}",
+    ]
+
+
 def section(report: dict, report_path: Path, plot_name: str | None) -> str:
     preset = report["preset"]
     name = f"train_agent_{preset}"
@@ -77,16 +171,22 @@ def section(report: dict, report_path: Path, plot_name: str | None) -> str:
         f"- Report seeds {report['eval']['seed_first']}-{report['eval']['seed_last']} "
         f"({report['eval']['episodes']} episodes per cell, deterministic actions), used by no training stage.",
         "",
-        "| policy | " + " | ".join(SPLIT_TITLES.get(x, x) for x in splits) + " |",
-        "|---|" + "---|" * len(splits),
     ]
-    policies = list(dict.fromkeys(r["policy"] for r in report["results"]))
-    for policy in policies:
-        lines.append(f"| {policy} | " + " | ".join(success_cell(_cell(report, policy, x)) for x in splits) + " |")
+    multitask = bool(report["eval"].get("tasks"))
+    if multitask:
+        lines += _multitask_table(report, splits)
+    else:
+        lines += ["| policy | " + " | ".join(SPLIT_TITLES.get(x, x) for x in splits) + " |",
+                  "|---|" + "---|" * len(splits)]
+        for policy in dict.fromkeys(r["policy"] for r in report["results"]):
+            lines.append(f"| {policy} | " + " | ".join(success_cell(_cell(report, policy, x)) for x in splits) + " |")
     curve, bc_level = report["learning_curve"], report["bc_level"]
     collapse = collapse_summary(curve, bc_level)
-    limit = TARGET_QUICK_SECONDS if preset == "quick" else TARGET_FULL_SECONDS
-    checks = [_quick_check(report) if preset == "quick" else _full_check(report, splits)]
+    limit = {"quick": TARGET_QUICK_SECONDS, "multitask": TARGET_MULTITASK_SECONDS}.get(preset, TARGET_FULL_SECONDS)
+    if multitask:
+        checks = _multitask_checks(report, splits)
+    else:
+        checks = [_quick_check(report) if preset == "quick" else _full_check(report, splits)]
     if collapse:
         checks.append(
             f"- Learning curve ({len(curve)} evaluations of {curve[0]['episodes']} episodes on seeds 300000+): "

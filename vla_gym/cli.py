@@ -226,6 +226,7 @@ def _collect_arguments(p: argparse.ArgumentParser) -> None:
 
 def _train_bc_arguments(p: argparse.ArgumentParser) -> None:
     from vla_gym.agents.bc import BCConfig
+    from vla_gym.agents.network import WORD_CONTEXTS
 
     defaults = BCConfig(data="")
     p.add_argument("--data", required=True, help="demo file from `vla-gym collect`")
@@ -239,6 +240,9 @@ def _train_bc_arguments(p: argparse.ArgumentParser) -> None:
                    help="'words' (a word encoder trained with the policy) or a sentence-transformers model, by "
                         "local directory or hub name (e.g. sentence-transformers/all-MiniLM-L6-v2), used frozen; "
                         "needs pip install -e \".[language]\"")
+    p.add_argument("--word-context", default=defaults.network["word_context"], choices=list(WORD_CONTEXTS),
+                   help="how the word encoder reads an instruction: gru (in order: tells 'the red cube on the blue "
+                        "cube' from its reverse) or bag (order-free attention pooling; enough for pick)")
     p.add_argument("--rollout-every", type=int_option(0, MAX_EPOCHS, " (0: no rollouts)"),
                    default=defaults.rollout_every, help="epochs between env checks (0: none)")
     p.add_argument("--rollout-episodes", type=int_option(1, 10_000, " (no rollouts: --rollout-every 0)"),
@@ -466,7 +470,7 @@ def _run_train_bc(args: argparse.Namespace) -> None:
         rollout_episodes=args.rollout_episodes, env_id=args.env, env_kwargs=args.env_kwargs,
         device=args.device, amp=not args.no_amp, in_memory=not args.lazy, num_workers=args.num_workers,
         seed=args.seed, resume=args.resume, progress=not args.no_progress,
-        network=NetworkConfig(language_encoder=args.language_encoder).to_dict(),
+        network=NetworkConfig(language_encoder=args.language_encoder, word_context=args.word_context).to_dict(),
     )
     with _run_directory(args) as build:
         result = train_bc(dataclasses.replace(config, out=str(build)))

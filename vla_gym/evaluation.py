@@ -466,23 +466,34 @@ def swapped_target_options(env: gym.Env) -> Callable[[int, int], dict[str, Any]]
     return options
 
 
-def _swappable_seeds(options: Callable[[int, int], dict[str, Any]], first_seed: int, episodes: int) -> list[int]:
-    """The first ``episodes`` seeds from ``first_seed`` up whose scene has another object
-    that can be the goal (``options`` from :func:`swapped_target_options`); e.g. a stack
-    scene whose only other flat object is the base has none."""
+def _first_seeds(accept: Callable[[int], bool], first_seed: int, episodes: int, what: str) -> list[int]:
+    """The first ``episodes`` seeds from ``first_seed`` up that ``accept``; a ``ValueError``
+    saying how many of the probed seeds ``what`` (e.g. "have a 'red' object") otherwise."""
     seeds: list[int] = []
     limit = first_seed + episodes * MAX_SEEDS_PROBED_PER_EPISODE
     seed = first_seed
     while len(seeds) < episodes:
         if seed >= limit:
-            raise ValueError(f"only {len(seeds)} of the seeds {first_seed}..{limit - 1} let another object be the goal")
-        try:
-            options(seed, len(seeds))
+            raise ValueError(f"only {len(seeds)} of the seeds {first_seed}..{limit - 1} {what}")
+        if accept(seed):
             seeds.append(seed)
-        except ValueError:
-            pass
         seed += 1
     return seeds
+
+
+def _swappable_seeds(options: Callable[[int, int], dict[str, Any]], first_seed: int, episodes: int) -> list[int]:
+    """The first ``episodes`` seeds from ``first_seed`` up whose scene has another object
+    that can be the goal (``options`` from :func:`swapped_target_options`); e.g. a stack
+    scene whose only other flat object is the base has none."""
+
+    def swappable(seed: int) -> bool:
+        try:
+            options(seed, 0)
+        except ValueError:
+            return False
+        return True
+
+    return _first_seeds(swappable, first_seed, episodes, "let another object be the goal")
 
 
 def _seeds_with_target(env: gym.Env, colour: str, first_seed: int, episodes: int) -> list[int]:
@@ -490,17 +501,12 @@ def _seeds_with_target(env: gym.Env, colour: str, first_seed: int, episodes: int
 
     Probes each seed with a plain reset (the scene depends on the seed alone).
     """
-    seeds: list[int] = []
-    limit = first_seed + episodes * MAX_SEEDS_PROBED_PER_EPISODE
-    seed = first_seed
-    while len(seeds) < episodes:
-        if seed >= limit:
-            raise ValueError(f"only {len(seeds)} of the seeds {first_seed}..{limit - 1} have a {colour!r} object")
+
+    def has_colour(seed: int) -> bool:
         _, info = env.reset(seed=seed)
-        if any(obj["colour"] == colour for obj in info["objects"]):
-            seeds.append(seed)
-        seed += 1
-    return seeds
+        return any(obj["colour"] == colour for obj in info["objects"])
+
+    return _first_seeds(has_colour, first_seed, episodes, f"have a {colour!r} object")
 
 
 #: Seeds per backend item: several per worker, so the workers finish close together.
