@@ -205,12 +205,10 @@ class AgentConfig:
 
     @property
     def tasks(self) -> list[str]:
-        """The tasks of ``env_id`` (several for ``VLAMultiTask-v0``)."""
-        from vla_gym.envs.registration import ENV_IDS
-        from vla_gym.envs.tasks import TASKS
+        """The tasks of ``env_id`` (several for ``VLAMultiTask-v0``), as the env resolves them."""
+        from vla_gym.data.format import env_config_dict
 
-        tasks = ENV_IDS[self.env_id]["tasks"]
-        return list(TASKS) if tasks == "all" else [tasks] if isinstance(tasks, str) else list(tasks)
+        return list(env_config_dict(self.env_id)["tasks"])
 
     @property
     def eval_tasks(self) -> list[str | None]:
