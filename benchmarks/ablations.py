@@ -63,11 +63,15 @@ class Row:
 
 ENCODER_SLUG = "pretrained_encoder"
 ROWS = (
-    Row("full", "full", "full", "word encoder reading word order (`gru`), depth, no contrastive loss; BC + PPO"),
+    Row("full", "full", "full",
+        "word encoder reading word order (`gru`), depth, no contrastive loss; BC + PPO"),
     Row("no PPO", "no_ppo", "full", "the full row's BC policy, no PPO", ppo=False),
     Row("no depth", "no_depth", "no_depth", "RGB only (`use_depth=False`); BC + PPO", network={"use_depth": False}),
     Row("order-free words", "bag_words", "bag_words", "the order-free word encoder (`word_context=\"bag\"`); BC + PPO",
         network={"word_context": "bag"}),
+    Row("+ destination read-out", "destination", "destination",
+        "BC also supervises where the object must go (`destination_head=True`); BC + PPO",
+        network={"destination_head": True}),
     Row("+ contrastive", "contrastive", "contrastive", f"InfoNCE loss, `contrastive_coef={CONTRASTIVE_COEF}`; BC + PPO",
         contrastive_coef=CONTRASTIVE_COEF),
     Row("pretrained encoder", ENCODER_SLUG, ENCODER_SLUG, "frozen sentence-transformers encoder; BC + PPO"),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from report import markers, write_section
 
-from vla_gym.report import collapse_summary, success_cell
+from vla_gym.report import collapse_summary, mean_over_tasks, success_cell
 
 #: Acceptance targets (issue 12): the quick preset within 10 min with BC+PPO >= 85 % and >= 20
 #: points above BC (intervals apart); the full preset within 15 min, BC+PPO not below BC on any
@@ -74,8 +74,9 @@ def _verdict(ok: bool) -> str:
 
 
 def _mean(report: dict, policy: str, split: str) -> float | None:
-    rows = [r["success_rate"] for r in report["results"] if r["policy"] == policy and r["split"] == split]
-    return sum(rows) / len(rows) if rows else None
+    """The report's mean over tasks of ``policy`` on ``split`` (None if it has no such cell)."""
+    means = report.get("mean_over_tasks") or mean_over_tasks(report["results"])  # reports from before the key
+    return next((m["mean_success_rate"] for m in means if m["policy"] == policy and m["split"] == split), None)
 
 
 def _multitask_table(report: dict, splits: list[str]) -> list[str]:

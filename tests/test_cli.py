@@ -34,9 +34,13 @@ def test_collect_train_evaluate_end_to_end(tmp_path, capsys, layout):
     extra = ["--shards", "--shard-episodes", "2"] if sharded else []
     assert main(["collect", "--episodes", "3", "--workers", "0", "--out", str(data), "--no-progress", *extra]) == 0
     assert "3 episodes" in capsys.readouterr().out
+    readouts = ["--destination-head"] if sharded else []
     assert main(["train-bc", "--data", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "16",
-                 "--rollout-every", "0", "--device", "cpu", "--no-progress"]) == 0
+                 "--rollout-every", "0", "--device", "cpu", "--no-progress", *readouts]) == 0
     assert "policy.pt" in capsys.readouterr().out
+    from vla_gym.agents.checkpoint import load_policy
+
+    assert load_policy(run / "policy.pt", device="cpu").network_config.destination_head is sharded
     report = tmp_path / "eval.json"
     assert main(["evaluate", "--policy", str(run / "policy.pt"), "--episodes", "2", "--json", str(report),
                  "--device", "cpu", "--no-progress", "--workers", "2" if sharded else "1"]) == 0

@@ -192,6 +192,51 @@ def test_target_image_coordinates_follow_the_shift(demo_file):
             assert cosine > 0.95, (colour, pixel)
 
 
+def test_destination_labels_follow_the_recorded_subgoal(balanced_file):
+    """Each frame's destination items come from states/subgoal_destination_positions: pick's
+    above the object, place's in the receptacle; lazy and in-memory reads agree, and the
+    shift moves destination_uv as it moves target_uv."""
+    lazy, memory = DemoDataset(balanced_file, "all"), DemoDataset(balanced_file, "all", in_memory=True)
+    with h5py.File(balanced_file) as f:
+        for episode, name in enumerate(lazy.episodes):
+            demo = f["data"][name]
+            destination = demo["states/subgoal_destination_positions"][()]
+            proprio = demo["obs/proprio"][()]
+            frames = collate_batch(memory.__getitems__(np.arange(lazy.starts[episode], lazy.starts[episode + 1])))
+            np.testing.assert_allclose(frames["destination_offset"].numpy(), destination - proprio[:, :3], atol=1e-6)
+            assert (frames["has_destination"].numpy() == 1).all()
+            if lazy.tasks[episode] == "place":
+                receptacle = demo["states/receptacle_positions"][()]
+                assert np.abs(destination[:, :2] - receptacle[:, :2]).max() < 1e-5
+            else:  # pick: straight above the object
+                np.testing.assert_allclose(destination[:, :2], demo["states/target_positions"][:, :2], atol=1e-6)
+            item = lazy[int(lazy.starts[episode]) + 3]
+            for key in ("destination_offset", "destination_uv", "has_destination", "target_offset", "target_uv"):
+                np.testing.assert_allclose(item[key], frames[key][3].numpy(), atol=1e-6)
+    batch = collate_batch(memory.__getitems__(np.arange(8)))
+    shifted = augment_batch(batch, AugmentConfig(shift_pixels=4), torch.Generator().manual_seed(0))
+    moved = shifted["destination_uv"] - batch["destination_uv"]
+    torch.testing.assert_close(moved, shifted["target_uv"] - batch["target_uv"])
+    assert moved.abs().max() > 0
+
+
+def test_files_without_subgoal_states_read_with_no_destination(demo_file, tmp_path):
+    old = tmp_path / "old.h5"
+    old.write_bytes(open(demo_file, "rb").read())
+    with h5py.File(old, "a") as f:
+        for name in f["data"]:
+            for key in ("subgoal_object_positions", "subgoal_destination_positions"):
+                del f[f"data/{name}/states/{key}"]
+    for in_memory in (False, True):
+        dataset = DemoDataset(old, "all", in_memory=in_memory)
+        item = dataset[4]
+        assert item["has_destination"] == 0 and not item["destination_offset"].any()
+        assert not item["destination_uv"].any()
+        with h5py.File(old) as f:
+            target = f["data/demo_0/states/target_positions"][4]
+        np.testing.assert_allclose(item["target_offset"], target - item["proprio"][:3], atol=1e-6)
+
+
 def _hue(rgb: np.ndarray) -> np.ndarray:
     """Hue in degrees of RGB (..., 3) floats in [0, 1]."""
     import cv2

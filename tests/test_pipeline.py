@@ -93,8 +93,11 @@ def test_report_splits_are_checked_and_the_full_preset_randomises_the_camera(tmp
     commands = "\n".join(pipeline._commands(full, tmp_path))
     assert '"camera_jitter": [0.03, 3.0]' in commands and "--sil-coef" in commands
     assert "--word-context bag" in commands  # the pick presets keep the encoder their figures were measured with
+    assert "--destination-head" not in commands
     multitask = AgentConfig.from_preset("multitask", out=str(tmp_path / "mt"), device="cpu")
     assert multitask.bc_config(tmp_path).network["word_context"] == "gru"
+    custom = AgentConfig(out=str(tmp_path / "c"), bc={"network": {"destination_head": True}})
+    assert "--destination-head" in "\n".join(pipeline._commands(custom, tmp_path))
     with pytest.raises(ValueError, match=r"splits must be a non-empty list of \['camera_jitter', 'object_test', "):
         AgentConfig(out=str(tmp_path / "x"), splits=["objects"])
 

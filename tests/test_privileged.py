@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,11 +13,16 @@ from vla_gym.agents.checkpoint import load_policy, read_checkpoint
 from vla_gym.agents.network import TARGET_OFFSET_SCALE
 from vla_gym.agents.ppo import PPOConfig, _Trainer, train_ppo
 from vla_gym.agents.privileged import (
+    HEATMAP_SIGMA,
     INFO_KEY,
     MIN_TARGET_HEIGHT,
+    PRIVILEGED_DIM,
     PrivilegedRollout,
     PrivilegedTargets,
     auxiliary_losses,
+    heatmap_loss,
+    heatmap_targets,
+    valid_destinations,
     valid_targets,
 )
 from vla_gym.data.dataset import image_coordinates
@@ -25,16 +32,20 @@ from tests.test_ppo import ROLLOUT, tiny_ppo
 
 
 @pytest.mark.parametrize("env_id", sorted(ENV_IDS))
-def test_privileged_targets_name_the_goal_object_of_each_observation(make_env, env_id):
+def test_privileged_targets_name_the_subgoal_object_and_destination_of_each_observation(make_env, env_id):
     env = PrivilegedTargets(make_env(env_id))
     _, info = env.reset(seed=3)
     base = env.unwrapped
     for step in range(4):
         target = info[INFO_KEY]
-        assert target.shape == (5,) and target.dtype == np.float32
-        position = base.role_position("target")
-        np.testing.assert_allclose(target[:3], position, atol=1e-6)
-        np.testing.assert_allclose(target[3:], image_coordinates(position, 84, base.agent_camera), atol=1e-6)
+        assert target.shape == (PRIVILEGED_DIM,) and target.dtype == np.float32
+        points = base.goal_points()
+        if base.task.name != "rearrange":  # rearrange's first subgoal object may be another role
+            np.testing.assert_allclose(points[0], base.role_position("target"), atol=1e-6)
+        for row, point in enumerate(points):
+            np.testing.assert_allclose(target[5 * row: 5 * row + 3], point, atol=1e-6)
+            uv = image_coordinates(point, 84, base.agent_camera)
+            np.testing.assert_allclose(target[5 * row + 3: 5 * row + 5], uv, atol=1e-6)
         _, _, terminated, truncated, info = env.step(env.action_space.sample())
         if terminated or truncated:
             break
@@ -42,7 +53,7 @@ def test_privileged_targets_name_the_goal_object_of_each_observation(make_env, e
 
 def test_privileged_targets_follow_the_camera_under_jitter(make_env):
     env = PrivilegedTargets(make_env("VLAPick-v0", camera_jitter=(0.03, 3.0)))
-    uvs = [env.reset(seed=s)[1][INFO_KEY][3:] for s in (0, 0, 1)]
+    uvs = [env.reset(seed=s)[1][INFO_KEY][3:5] for s in (0, 0, 1)]
     np.testing.assert_array_equal(uvs[0], uvs[1])
     camera = env.unwrapped.agent_camera
     np.testing.assert_allclose(uvs[2], image_coordinates(env.unwrapped.role_position("target"), 84, camera), atol=1e-6)
@@ -52,7 +63,7 @@ def test_privileged_rollout_lines_targets_up_with_the_observation_acted_on():
     """After an episode's last step the next observation is the new episode's first: its
     targets come from the VecEnv's reset infos, not from the terminal step's info."""
     rollout = PrivilegedRollout(n_steps=3, n_envs=2)
-    label = lambda v: {INFO_KEY: np.full(5, v, np.float32)}  # noqa: E731
+    label = lambda v: {INFO_KEY: np.full(PRIVILEGED_DIM, v, np.float32)}  # noqa: E731
     rollout.start([label(0), label(100)])
     rollout.record(0, np.array([False, True]), [label(1), label(101)], [label(-1), label(200)])
     rollout.record(1, np.array([True, False]), [label(2), label(201)], [label(300), label(-1)])
@@ -65,16 +76,19 @@ def test_privileged_rollout_lines_targets_up_with_the_observation_acted_on():
 
 def test_privileged_rollout_needs_the_reset_infos_first():
     with pytest.raises(RuntimeError, match="start"):
-        PrivilegedRollout(1, 1).record(0, np.array([False]), [{INFO_KEY: np.zeros(5)}], [{}])
+        PrivilegedRollout(1, 1).record(0, np.array([False]), [{INFO_KEY: np.zeros(PRIVILEGED_DIM)}], [{}])
 
 
 def test_targets_off_the_table_or_out_of_view_are_not_learned_from():
+    destination = [0.4, 0.1, 0.03, 0.0, 0.5]
     targets = torch.tensor([
-        [0.5, 0.0, 0.025, 0.1, -0.2],  # on the table, in view
-        [0.5, 0.0, MIN_TARGET_HEIGHT - 0.5, 0.1, 0.2],  # fell off the table
-        [0.5, 0.0, 0.025, 1.3, 0.0],  # out of the image
+        [0.5, 0.0, 0.025, 0.1, -0.2, *destination],  # on the table, in view
+        [0.5, 0.0, MIN_TARGET_HEIGHT - 0.5, 0.1, 0.2, *destination],  # fell off the table
+        [0.5, 0.0, 0.025, 1.3, 0.0, *destination],  # out of the image
+        [0.5, 0.0, 0.025, 0.1, -0.2, 0.4, 0.1, 0.03, 0.0, -1.2],  # its destination out of the image
     ])
-    assert valid_targets(targets).tolist() == [True, False, False]
+    assert valid_targets(targets).tolist() == [True, False, False, True]
+    assert valid_destinations(targets).tolist() == [True, True, True, False]
 
 
 def test_auxiliary_losses_are_zero_on_exact_predictions_and_scale_the_offset():
@@ -84,6 +98,51 @@ def test_auxiliary_losses_are_zero_on_exact_predictions_and_scale_the_offset():
     assert [x.item() for x in auxiliary_losses(aux, offset, uv)] == [0.0, 0.0]
     aux["target_offset"] = aux["target_offset"] + 1.0
     assert auxiliary_losses(aux, offset, uv)[0].item() == pytest.approx(1.0)
+
+
+def test_destination_terms_supervise_the_second_read_out_and_head_on_masked_frames():
+    offset, uv = torch.zeros(2, 3), torch.zeros(2, 2)
+    dest_offset = torch.tensor([[0.1, 0.0, 0.0], [0.2, 0.0, 0.0]])
+    dest_uv = torch.tensor([[0.5, 0.5], [-0.5, 0.5]])
+    aux = {
+        "target_offset": torch.zeros(2, 3),
+        "destination_offset": dest_offset / TARGET_OFFSET_SCALE,
+        "where": torch.stack([uv, dest_uv], dim=1),
+    }
+    both_known = (dest_offset, dest_uv, torch.ones(2))
+    assert [x.item() for x in auxiliary_losses(aux, offset, uv, both_known)] == [0.0, 0.0]
+    aux["destination_offset"] = aux["destination_offset"] + torch.tensor([[0.0], [3.0]])
+    aux["where"] = aux["where"] + torch.tensor([0.0, 1.0])[None, :, None] * torch.tensor([[0.0], [2.0]])[:, :, None]
+    only_first = (dest_offset, dest_uv, torch.tensor([1.0, 0.0]))
+    assert [x.item() for x in auxiliary_losses(aux, offset, uv, only_first)] == [0.0, 0.0]  # frame 1 masked out
+    offset_loss, where_loss = auxiliary_losses(aux, offset, uv, both_known)
+    assert offset_loss.item() == pytest.approx(9.0 / 2) and where_loss.item() == pytest.approx(4.0 / 2)
+    without_head = {k: v for k, v in aux.items() if k != "destination_offset"}  # destination_head=False
+    assert [x.item() for x in auxiliary_losses(without_head, offset, uv, both_known)] == [0.0, 0.0]
+
+
+def test_heatmap_loss_is_zero_on_the_label_and_grows_away_from_it():
+    grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, 20), torch.linspace(-1, 1, 20), indexing="xy"), -1)
+    grid = grid.reshape(-1, 2)
+    uv = torch.tensor([[0.3, -0.4], [-0.6, 0.2]])
+    exact = torch.log_softmax(-((uv[:, None] - grid[None]) ** 2).sum(-1) / (2 * HEATMAP_SIGMA**2), dim=-1)
+    assert heatmap_targets(uv, grid).argmax(dim=1).tolist() == ((grid[None] - uv[:, None]).norm(dim=-1)).argmin(1).tolist()
+    aux = {"log_attention": torch.stack([exact, exact.flip(0)], dim=1), "attention_grid": grid,
+           "destination_offset": torch.zeros(2, 3)}
+    assert heatmap_loss(aux, uv).item() == pytest.approx(0.0, abs=1e-5)
+    uniform = torch.full((2, 2, len(grid)), -math.log(len(grid)))
+    far = heatmap_loss({**aux, "log_attention": uniform}, uv)
+    assert far.item() > 2.0  # a diffuse attention costs nats, though its mean is near the centre
+    # Head 1 is held to the destination on frames that have one, with a destination read-out.
+    destination = (torch.zeros(2, 3), uv.flip(0), torch.ones(2))
+    assert heatmap_loss(aux, uv, destination).item() == pytest.approx(0.0, abs=1e-5)
+    assert heatmap_loss(aux, uv, (torch.zeros(2, 3), uv, torch.ones(2))).item() > 1.0
+    assert heatmap_loss(aux, uv, (torch.zeros(2, 3), uv, torch.zeros(2))).item() == pytest.approx(0.0, abs=1e-5)
+    no_readout = {k: v for k, v in aux.items() if k != "destination_offset"}
+    assert heatmap_loss(no_readout, uv, (torch.zeros(2, 3), uv, torch.ones(2))).item() == pytest.approx(0.0, abs=1e-5)
+    outside = torch.tensor([[1.5, 0.0], [-0.6, 0.2]])  # frame 0's label off the image: left out
+    only_second = heatmap_loss({**aux, "log_attention": uniform[1:]}, uv[1:])
+    assert heatmap_loss({**aux, "log_attention": uniform}, outside).item() == pytest.approx(only_second.item())
 
 
 def test_aux_passes_need_a_frozen_trunk(bc_checkpoint, tmp_path):

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.task_helpers import TEST_IMAGE_SIZE, place_in, run_expert, seed_with, settle, task_env_fixture
+from tests.task_helpers import TEST_IMAGE_SIZE, place_in, run_expert, seed_with, settle, spec, task_env_fixture
 from vla_gym.envs.experts.scripted import ScriptedExpert
 from vla_gym.envs.language import MAX_INSTRUCTION_BYTES
 from vla_gym.envs.scene import COLOURS, HELD_OUT_COMBINATIONS, HELD_OUT_RECEPTACLES
@@ -108,6 +108,23 @@ def test_success_needs_every_step_placed(rearrange_env):
     place_in(rearrange_env, *pairs[-1])
     info = settle(rearrange_env, SETTLE_STEPS)
     assert info["is_success"] is True and info["subgoals_done"] == 3
+
+
+def test_goal_points_move_on_to_the_next_step_once_one_is_placed(rearrange_env):
+    seed_with(rearrange_env, lambda i: i["num_subgoals"] == 2)
+    unwrapped = rearrange_env.unwrapped
+    first = unwrapped.goal_points()
+    np.testing.assert_allclose(first[0], unwrapped.role_position("target"), atol=1e-6)
+    place_in(rearrange_env, "target", "receptacle")
+    assert settle(rearrange_env, SETTLE_STEPS)["subgoals_done"] == 1
+    second = unwrapped.goal_points()
+    np.testing.assert_allclose(second[0], unwrapped.role_position("target_1"), atol=1e-6)
+    assert spec(rearrange_env, "receptacle_1").contains_xy(second[1])
+    place_in(rearrange_env, "target_1", "receptacle_1")
+    assert settle(rearrange_env, SETTLE_STEPS)["is_success"] is True
+    last = unwrapped.goal_points()  # all done: the last step's
+    np.testing.assert_allclose(last[0], unwrapped.role_position("target_1"), atol=1e-6)
+    np.testing.assert_allclose(last[1], second[1], atol=1e-6)
 
 
 def test_objects_in_each_others_receptacles_count_for_nothing(rearrange_env):

@@ -187,3 +187,31 @@ def test_perturb_shift_pushes_the_target_once(make_env):
 def test_bad_execution_shift(value):
     with pytest.raises(ValueError, match="execution_shift"):
         gym.make("VLAPick-v0", execution_shift=value)
+
+
+def test_goal_points_give_the_object_to_move_and_where_it_must_go(task, make_env):
+    """Privileged labels of BC's auxiliary losses: row 0 is the object the instruction
+    moves, row 1 a place that fits the task's success predicate."""
+    env = make_env(TASK_ENV_IDS[task], image_size=32)
+    for seed in range(3):
+        env.reset(seed=seed)
+        base = env.unwrapped
+        points = base.goal_points()
+        assert points.shape == (2, 3) and points.dtype == np.float32 and np.isfinite(points).all()
+        np.testing.assert_allclose(points[0], base.role_position("target"), atol=1e-6)
+        episode = base.task.episode
+        half_height = episode.spec_of(episode.roles["target"]).half_height
+        if task in ("pick", "spatial_pick"):  # straight above the object, lifted clear of the table
+            np.testing.assert_allclose(points[1, :2], points[0, :2], atol=1e-6)
+            assert points[1, 2] - half_height >= 0.05
+        elif task == "push":  # the zone's centre, at the object's height
+            zone = episode.spec_of(episode.roles["zone"])
+            assert zone.contains_xy(points[1]) and points[1, 2] == pytest.approx(points[0, 2])
+        elif task == "stack":  # on top of the base
+            base_xy = base.role_position("base")[:2]
+            np.testing.assert_allclose(points[1, :2], base_xy, atol=1e-6)
+            assert points[1, 2] > base.role_position("base")[2] + half_height
+        else:  # place, rearrange: resting on the receptacle's floor
+            fixture = episode.spec_of(episode.roles["receptacle"])
+            assert fixture.contains_xy(points[1])
+            assert points[1, 2] == pytest.approx(fixture.floor_height + half_height)

@@ -243,6 +243,10 @@ def _train_bc_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--word-context", default=defaults.network["word_context"], choices=list(WORD_CONTEXTS),
                    help="how the word encoder reads an instruction: gru (in order: tells 'the red cube on the blue "
                         "cube' from its reverse) or bag (order-free attention pooling; enough for pick)")
+    p.add_argument("--destination-head", action=argparse.BooleanOptionalAction,
+                   default=defaults.network["destination_head"],
+                   help="also supervise where the object must go (a receptacle, zone or stack base; from the demo "
+                        "file's privileged subgoal states) besides which object to move")
     p.add_argument("--rollout-every", type=int_option(0, MAX_EPOCHS, " (0: no rollouts)"),
                    default=defaults.rollout_every, help="epochs between env checks (0: none)")
     p.add_argument("--rollout-episodes", type=int_option(1, 10_000, " (no rollouts: --rollout-every 0)"),
@@ -470,7 +474,10 @@ def _run_train_bc(args: argparse.Namespace) -> None:
         rollout_episodes=args.rollout_episodes, env_id=args.env, env_kwargs=args.env_kwargs,
         device=args.device, amp=not args.no_amp, in_memory=not args.lazy, num_workers=args.num_workers,
         seed=args.seed, resume=args.resume, progress=not args.no_progress,
-        network=NetworkConfig(language_encoder=args.language_encoder, word_context=args.word_context).to_dict(),
+        network=NetworkConfig(
+            language_encoder=args.language_encoder, word_context=args.word_context,
+            destination_head=args.destination_head,
+        ).to_dict(),
     )
     with _run_directory(args) as build:
         result = train_bc(dataclasses.replace(config, out=str(build)))

@@ -492,7 +492,7 @@ def build_report(config: AgentConfig, out: Path, stages: _Stages, skipped: dict[
     """The report dict (see :func:`vla_gym.report.validate_report`) from the files of the run."""
     from vla_gym.agents.checkpoint import read_checkpoint, resolve_device
     from vla_gym.hardware import hardware_dict
-    from vla_gym.report import LEARNING_CURVE_FILE, collapse_summary, plot_learning_curve
+    from vla_gym.report import LEARNING_CURVE_FILE, collapse_summary, mean_over_tasks, plot_learning_curve
 
     history = read_checkpoint(out / "ppo" / "last.pt")["meta"]["history"]
     curve = [
@@ -535,7 +535,7 @@ def build_report(config: AgentConfig, out: Path, stages: _Stages, skipped: dict[
                  "seed_last": config.eval_seed + config.eval_episodes - 1, "splits": list(config.splits),
                  "tasks": [t for t in config.eval_tasks if t is not None]},
         "results": results,
-        "mean_over_tasks": _mean_over_tasks(results),
+        "mean_over_tasks": mean_over_tasks(results),
         "learning_curve": curve,
         "bc_level": bc_level,
         "collapse": collapse_summary(curve, bc_level),
@@ -553,19 +553,6 @@ def build_report(config: AgentConfig, out: Path, stages: _Stages, skipped: dict[
     }
 
 
-def _mean_over_tasks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per policy and split, the mean of the per-task success rates (empty for one task)."""
-    cells: dict[tuple[str, str], list[float]] = {}
-    for row in results:
-        if row.get("task") is not None:
-            cells.setdefault((row["policy"], row["split"]), []).append(row["success_rate"])
-    return [
-        {"policy": policy, "split": split, "tasks": len(rates), "mean_success_rate": sum(rates) / len(rates),
-         "min_success_rate": min(rates)}
-        for (policy, split), rates in cells.items()
-    ]
-
-
 def _commands(config: AgentConfig, out: Path) -> list[str]:
     """The command that made this run, and the stage commands it is equivalent to."""
     q = shlex.quote
@@ -580,7 +567,8 @@ def _commands(config: AgentConfig, out: Path) -> list[str]:
         + f" --workers {config.demo_workers} --seed {config.seed} --out {q(bc.data)}",
         f"vla-gym train-bc --data {q(bc.data)} --out {q(bc.out)} --epochs {bc.epochs} --batch-size {bc.batch_size} "
         f"--rollout-every {bc.rollout_every} --rollout-episodes {bc.rollout_episodes} --seed {config.seed}"
-        + (f" --word-context {bc.network['word_context']}" if "word_context" in bc.network else ""),
+        + (f" --word-context {bc.network['word_context']}" if "word_context" in bc.network else "")
+        + (" --destination-head" if bc.network.get("destination_head") else ""),
         f"vla-gym train-ppo --init {q(ppo.init)} --env {ppo.env_id} --timesteps {ppo.timesteps} --n-envs {ppo.n_envs} "
         f"--n-steps {ppo.n_steps} --batch-size {ppo.batch_size} --eval-every {ppo.eval_every} "
         f"--eval-episodes {ppo.eval_episodes} --seed {config.seed}"

@@ -329,17 +329,30 @@ def _success_table(results: Sequence[Mapping[str, Any]], splits: Sequence[str]) 
     return _table(["policy", *splits, "source"], ["l", *("l" for _ in splits), "l"], rows)
 
 
+def mean_over_tasks(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per policy and split, the mean of the per-task success rates and the lowest one, over
+    the result rows that name a task (empty for single-task rows): the report's
+    ``mean_over_tasks``, which every reader of a multi-task report uses."""
+    cells: dict[tuple[str, str], list[float]] = {}
+    for row in results:
+        if row.get("task") is not None:
+            cells.setdefault((row["policy"], row["split"]), []).append(float(row["success_rate"]))
+    return [
+        {"policy": policy, "split": split, "tasks": len(rates), "mean_success_rate": sum(rates) / len(rates),
+         "min_success_rate": min(rates)}
+        for (policy, split), rates in cells.items()
+    ]
+
+
 def _task_blocks(results: Sequence[Mapping[str, Any]], splits: Sequence[str]) -> list[str]:
     """A multi-task report: the mean over tasks, then a table per task (and, for tasks of
     several subgoals, the mean number done: CALVIN's measure)."""
     tasks = list(dict.fromkeys(r["task"] for r in results))
     policies = _ordered((r["policy"] for r in results), POLICY_ORDER)
-    rates: dict[tuple[str, str], list[float]] = {}
-    for r in results:
-        rates.setdefault((r["policy"], r["split"]), []).append(float(r["success_rate"]))
+    means = {(m["policy"], m["split"]): m for m in mean_over_tasks(results)}
     mean_rows = [
-        [policy, *(f"{format_percent(sum(v) / len(v))} (lowest {format_percent(min(v))})"
-                   if (v := rates.get((policy, split))) else MISSING_CELL for split in splits)]
+        [policy, *(f"{format_percent(m['mean_success_rate'])} (lowest {format_percent(m['min_success_rate'])})"
+                   if (m := means.get((policy, split))) else MISSING_CELL for split in splits)]
         for policy in policies
     ]
     lines = [f"### Mean over the {len(tasks)} tasks", "",

@@ -79,7 +79,13 @@ from vla_gym.agents.checkpoint import (
     save_checkpoint,
 )
 from vla_gym.agents.network import MAX_LOG_STD_INIT, MIN_LOG_STD_INIT, NetworkConfig, VLAActorCriticPolicy
-from vla_gym.agents.privileged import PrivilegedRollout, PrivilegedTargets, auxiliary_losses, valid_targets
+from vla_gym.agents.privileged import (
+    PrivilegedRollout,
+    PrivilegedTargets,
+    auxiliary_losses,
+    valid_destinations,
+    valid_targets,
+)
 from vla_gym.data.format import env_args as make_env_args
 from vla_gym.fileio import append_jsonl, atomic_write_text
 
@@ -602,8 +608,10 @@ class VLAPPO(PPO):
                     extractor(obs)
                 finally:
                     extractor.keep_auxiliary = False
+                rows, ee = targets[index], obs["proprio"][:, :3]
+                destination = (rows[:, 5:8] - ee, rows[:, 8:10], valid_destinations(rows))
                 offset_loss, where_loss = auxiliary_losses(
-                    extractor.pop_auxiliary(), targets[index, :3] - obs["proprio"][:, :3], targets[index, 3:]
+                    extractor.pop_auxiliary(), rows[:, :3] - ee, rows[:, 3:5], destination
                 )
                 loss = self.aux_target_coef * offset_loss + self.aux_attention_coef * where_loss
                 self.aux_optimizer.zero_grad(set_to_none=True)

@@ -32,45 +32,117 @@ import torch.nn.functional as F
 
 from vla_gym.agents.network import TARGET_OFFSET_SCALE
 
-#: ``info`` key of :class:`PrivilegedTargets`: float32 (5,): the goal object's centre (x, y, z)
-#: in metres, then its image coordinates (u, v) in [-1, 1] in the agent camera.
+#: ``info`` key of :class:`PrivilegedTargets`: float32 (10,): the centre (x, y, z) in metres
+#: of the object the current subgoal moves, then its image coordinates (u, v) in [-1, 1] in
+#: the agent camera; then the same for where that centre must go (``Task.goal_points``).
 INFO_KEY = "privileged_target"
-PRIVILEGED_DIM = 5
+PRIVILEGED_DIM = 10
 #: A target below this height (m; the table top is at z = 0) has fallen off the table: a
 #: label no demo holds (metres away, growing as it falls), so such frames are left out.
 MIN_TARGET_HEIGHT = -0.01
 
 
 def valid_targets(targets: torch.Tensor) -> torch.Tensor:
-    """Bool mask (B,) of privileged targets (B, 5) fit to learn from: the goal object on or
-    above the table and inside the camera image."""
-    return (targets[:, 2] >= MIN_TARGET_HEIGHT) & (targets[:, 3:].abs() <= 1.0).all(dim=1)
+    """Bool mask (B,) of privileged targets (B, 10) fit to learn from: the object to move on
+    or above the table and inside the camera image."""
+    return (targets[:, 2] >= MIN_TARGET_HEIGHT) & (targets[:, 3:5].abs() <= 1.0).all(dim=1)
+
+
+def valid_destinations(targets: torch.Tensor) -> torch.Tensor:
+    """Bool mask (B,) of privileged targets (B, 10) whose destination is inside the camera image."""
+    return (targets[:, 8:10].abs() <= 1.0).all(dim=1)
 
 
 def auxiliary_losses(
-    aux: dict[str, torch.Tensor], target_offset: torch.Tensor, target_uv: torch.Tensor
+    aux: dict[str, torch.Tensor],
+    target_offset: torch.Tensor,
+    target_uv: torch.Tensor,
+    destination: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(offset loss, attention loss) of one batch: mean squared errors.
 
+    With a destination read-out (``aux`` holds ``destination_offset``: the network's
+    ``destination_head``) and ``destination`` labels, each loss also gets the destination's
+    term, averaged over the frames whose mask is 1: the offset read-out's, and the second
+    attention head's (if the network has one).
+
     Args:
         aux: the features extractor's auxiliary outputs (``pop_auxiliary``): ``target_offset``
-            (B, 3) in units of :data:`TARGET_OFFSET_SCALE` and ``where`` (B, heads, 2).
-        target_offset: the goal object's centre minus the end-effector position (B, 3), metres.
-        target_uv: the goal object's image coordinates (B, 2) in [-1, 1].
+            (B, 3) in units of :data:`TARGET_OFFSET_SCALE`, ``where`` (B, heads, 2), and
+            optionally ``destination_offset`` (B, 3).
+        target_offset: the centre of the object to move minus the end-effector position (B, 3), metres.
+        target_uv: that centre's image coordinates (B, 2) in [-1, 1].
+        destination: where the object must go, as (offset from the end effector (B, 3) m,
+            image coordinates (B, 2), mask (B,) of frames that have one).
     """
     offset_loss = F.mse_loss(aux["target_offset"].float(), target_offset.float() / TARGET_OFFSET_SCALE)
     where_loss = F.mse_loss(aux["where"][:, 0].float(), target_uv.float())
+    if destination is None or "destination_offset" not in aux:
+        return offset_loss, where_loss
+    offset, uv, mask = (t.float() for t in destination)
+    weights = mask / mask.sum().clamp_min(1.0)
+    offset_error = (aux["destination_offset"].float() - offset / TARGET_OFFSET_SCALE) ** 2
+    offset_loss = offset_loss + (offset_error.mean(dim=1) * weights).sum()
+    if aux["where"].shape[1] > 1:
+        where_error = (aux["where"][:, 1].float() - uv) ** 2
+        where_loss = where_loss + (where_error.mean(dim=1) * weights).sum()
     return offset_loss, where_loss
+
+
+#: Width (std, in image coordinates of [-1, 1]) of the Gaussian a heat-map target puts on
+#: the cells around a labelled point: about one cell of the 20x20 attention map.
+HEATMAP_SIGMA = 0.1
+#: Labels further outside the image than this (image coordinates) get no heat-map term.
+HEATMAP_MARGIN = 1.05
+
+
+def heatmap_targets(uv: torch.Tensor, grid: torch.Tensor, sigma: float = HEATMAP_SIGMA) -> torch.Tensor:
+    """A Gaussian around each point ``uv`` (B, 2) over the cells at ``grid`` (cells, 2),
+    normalised over the cells: (B, cells)."""
+    distance2 = ((uv[:, None, :] - grid[None]) ** 2).sum(dim=-1)
+    return torch.softmax(-distance2 / (2 * sigma**2), dim=-1)
+
+
+def heatmap_loss(
+    aux: dict[str, torch.Tensor],
+    target_uv: torch.Tensor,
+    destination: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """KL divergence from a Gaussian heat map around the labelled image point to the
+    attention over the cells: head 0 onto the object to move, head 1 (with a destination
+    read-out, as :func:`auxiliary_losses`) onto where it must go; frames whose point lies
+    outside the image are left out. Unlike the squared error of the attention's expected
+    coordinate, which a diffuse attention centred near the label already nearly satisfies,
+    this pulls the attention's mass onto the label's cells from the start.
+
+    Args:
+        aux: the features extractor's auxiliary outputs: ``log_attention`` (B, heads, cells),
+            ``attention_grid`` (cells, 2), and ``destination_offset`` with a destination read-out.
+        target_uv: image coordinates (B, 2) of the object to move.
+        destination: (offset (B, 3), image coordinates (B, 2), mask (B,)) of where it must go.
+    """
+    log_attention, grid = aux["log_attention"].float(), aux["attention_grid"].float()
+    heads = [(0, target_uv.float(), torch.ones(len(target_uv), device=target_uv.device))]
+    if destination is not None and "destination_offset" in aux and log_attention.shape[1] > 1:
+        heads.append((1, destination[1].float(), destination[2].float()))
+    loss = log_attention.new_zeros(())
+    for head, uv, mask in heads:
+        mask = mask * (uv.abs() <= HEATMAP_MARGIN).all(dim=1).float()
+        target = heatmap_targets(uv.clamp(-1.0, 1.0), grid)
+        terms = target * (torch.log(target.clamp_min(1e-30)) - log_attention[:, head])
+        kl = torch.where(target > 0, terms, torch.zeros_like(terms)).sum(dim=-1)  # 0 log 0 = 0
+        loss = loss + torch.where(mask > 0, kl * mask, torch.zeros_like(kl)).sum() / mask.sum().clamp_min(1.0)
+    return loss
 
 
 class PrivilegedTargets(gym.Wrapper):
     """Adds ``info["privileged_target"]`` (see :data:`INFO_KEY`) at reset and at every step:
-    the goal object ("target" role) of the observation just returned. For training only: the
-    policy never sees it."""
+    the current subgoal's object and destination in the observation just returned. For
+    training only: the policy never sees it."""
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
-        if not hasattr(env.unwrapped, "role_position"):
+        if not hasattr(env.unwrapped, "goal_points"):
             raise TypeError(f"{env.unwrapped!r} has no role_position(): privileged targets need a vla_gym tabletop env")
         self.image_size = int(env.observation_space["rgb"].shape[0])
 
@@ -78,9 +150,9 @@ class PrivilegedTargets(gym.Wrapper):
         from vla_gym.data.dataset import image_coordinates
 
         base = self.env.unwrapped
-        position = np.asarray(base.role_position("target"), dtype=np.float32)
-        uv = image_coordinates(position, self.image_size, base.agent_camera)
-        return np.concatenate([position, uv]).astype(np.float32)
+        points = np.asarray(base.goal_points(), dtype=np.float32)  # (2, 3): object, destination
+        uv = image_coordinates(points, self.image_size, base.agent_camera)
+        return np.concatenate([points, uv], axis=1).reshape(-1).astype(np.float32)
 
     def reset(self, **kwargs: Any):
         obs, info = self.env.reset(**kwargs)
@@ -92,7 +164,7 @@ class PrivilegedTargets(gym.Wrapper):
 
 
 class PrivilegedRollout:
-    """The privileged targets of a rollout's observations, shape (n_steps, n_envs, 5), in the
+    """The privileged targets of a rollout's observations, shape (n_steps, n_envs, 10), in the
     rollout buffer's order.
 
     ``info`` after a step describes the observation that step returned; after an episode's
@@ -102,7 +174,7 @@ class PrivilegedRollout:
 
     def __init__(self, n_steps: int, n_envs: int) -> None:
         self.rows = np.zeros((n_steps, n_envs, PRIVILEGED_DIM), dtype=np.float32)
-        self.current: np.ndarray | None = None  # (n_envs, 5): of the observation about to be acted on
+        self.current: np.ndarray | None = None  # (n_envs, 10): of the observation about to be acted on
 
     def start(self, reset_infos: list[dict[str, Any]]) -> None:
         """Targets of the observations from the VecEnv's reset."""
@@ -118,7 +190,7 @@ class PrivilegedRollout:
         ])
 
     def flat(self) -> np.ndarray:
-        """(n_steps * n_envs, 5), ordered as SB3's buffer flattens its arrays (env-major)."""
+        """(n_steps * n_envs, 10), ordered as SB3's buffer flattens its arrays (env-major)."""
         return self.rows.swapaxes(0, 1).reshape(-1, PRIVILEGED_DIM)
 
 

@@ -112,20 +112,25 @@ def colour_jitter(
     return out / out.amax(dim=1, keepdim=True).clamp(min=1.0)
 
 
+#: Batch keys holding image coordinates (B, 2) in [-1, 1], which move with a shifted image.
+IMAGE_LABEL_KEYS = ("target_uv", "destination_uv")
+
+
 def augment_batch(
     batch: dict[str, torch.Tensor], config: AugmentConfig, generator: torch.Generator | None = None
 ) -> dict[str, torch.Tensor]:
-    """Augment the ``rgb`` and ``depth`` of an observation batch; ``target_uv`` (image
-    coordinates in [-1, 1]) follows the shift; other keys pass through."""
+    """Augment the ``rgb`` and ``depth`` of an observation batch; the image-coordinate labels
+    of :data:`IMAGE_LABEL_KEYS` (in [-1, 1]) follow the shift; other keys pass through."""
     rgb = batch["rgb"].permute(0, 3, 1, 2).float() / 255.0
     depth = batch["depth"].permute(0, 3, 1, 2).float()
     out = dict(batch)
     if config.shift_pixels > 0:
         both, shift = random_shift(torch.cat([rgb, depth], dim=1), config.shift_pixels, generator)
         rgb, depth = both[:, :3], both[:, 3:]
-        if "target_uv" in batch:  # image-coordinate labels move with the image
-            size = torch.tensor([rgb.shape[3] - 1, rgb.shape[2] - 1], device=rgb.device, dtype=torch.float32)
-            out["target_uv"] = batch["target_uv"] + shift * 2 / size
+        size = torch.tensor([rgb.shape[3] - 1, rgb.shape[2] - 1], device=rgb.device, dtype=torch.float32)
+        for key in IMAGE_LABEL_KEYS:
+            if key in batch:  # image-coordinate labels move with the image
+                out[key] = batch[key] + shift * 2 / size
     rgb = colour_jitter(rgb, config.brightness, config.contrast, config.saturation, generator)
     if config.depth_noise_std > 0:
         noise = torch.randn(depth.shape, generator=generator, device=_device(generator)).to(depth.device)

@@ -31,6 +31,7 @@ from vla_gym.data.format import (
     held_out_splits,
     POSITIONS_SUFFIX,
     SHARD_INDEX_FILE,
+    GOAL_STATE_KEYS,
     role_positions_key,
 )
 from vla_gym.backends import Backend, check_backend_choice, make_backend
@@ -240,6 +241,7 @@ def _record_episode(attempt: Attempt) -> dict[str, Any]:
     roles = sorted(info["roles"])
     steps: dict[str, list] = {k: [] for k in (*OBS_KEYS, "actions", "executed_actions", "rewards", "dones")}
     positions: dict[str, list] = {role: [] for role in roles}
+    goals: list[np.ndarray] = []
     done = False
     while not done:
         clean, noisy = policy.act_noisy()
@@ -247,6 +249,7 @@ def _record_episode(attempt: Attempt) -> dict[str, Any]:
             steps[key].append(obs[key])
         for role in roles:
             positions[role].append(env.unwrapped.role_position(role).astype(np.float32))
+        goals.append(env.unwrapped.goal_points())
         obs, reward, terminated, truncated, info = env.step(noisy)
         done = terminated or truncated
         steps["actions"].append(clean)
@@ -255,6 +258,7 @@ def _record_episode(attempt: Attempt) -> dict[str, Any]:
         steps["dones"].append(done)
     arrays = {k: np.stack(v) for k, v in steps.items() if k in (*OBS_KEYS, "actions", "executed_actions")}
     arrays.update({role_positions_key(role): np.stack(v) for role, v in positions.items()})
+    arrays.update(zip(GOAL_STATE_KEYS, np.stack(goals).astype(np.float32).swapaxes(0, 1)))
     arrays["rewards"] = np.asarray(steps["rewards"], np.float32)
     arrays["dones"] = np.asarray(steps["dones"], np.uint8)
     # Images are compressed here, in the worker, one HDF5 chunk per frame; the writer

@@ -14,6 +14,10 @@ Layout (``T`` = steps of an episode, ``S`` = image side)::
     data/demo_<i>/states/<role>_positions
                                    float32 (T, 3)         privileged: each role's body centre (m);
                                                           target_positions in every episode
+    data/demo_<i>/states/subgoal_object_positions, states/subgoal_destination_positions
+                                   float32 (T, 3)         privileged, optional: the object the
+                                                          current subgoal moves, and where its
+                                                          centre must go (Task.goal_points)
     data/demo_<i>/actions          float32 (T, 4)         the expert's noise-free action (the label)
     data/demo_<i>/executed_actions float32 (T, 4)         what was sent to the env (label + noise)
     data/demo_<i>/rewards          float32 (T,)
@@ -44,7 +48,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vla_gym.envs.language import decode_instruction, encode_instruction, sample_instruction
-from vla_gym.data.format import OBS_KEYS, SHARD_INDEX_FILE, DatasetError, env_config_dict, episode_task
+from vla_gym.data.format import GOAL_STATE_KEYS, OBS_KEYS, SHARD_INDEX_FILE, DatasetError, env_config_dict, episode_task
 from vla_gym.data.validation import DemoFileSummary, check_demo_file, check_depth, read_array
 from vla_gym.envs.scene import COLOURS
 from vla_gym.envs.spaces import AGENT_CAMERA
@@ -166,8 +170,11 @@ class DemoDataset(Dataset):
     ``rgb`` uint8 (S, S, 3), ``depth`` float32 (S, S, 1), ``proprio`` float32 (8,),
     ``instruction`` uint8 (128,), ``action`` float32 (4,); and privileged extras for losses:
     ``return`` float32 (discounted return from this step), ``target_offset`` float32 (3,)
-    (goal object centre minus end-effector position, m), ``target_uv`` float32 (2,) (where
-    the goal's centre is in the image, x and y in [-1, 1]).
+    (the centre of the object the current subgoal moves minus the end-effector position, m),
+    ``target_uv`` float32 (2,) (where that centre is in the image, x and y in [-1, 1]),
+    ``destination_offset`` float32 (3,) and ``destination_uv`` float32 (2,) (the same for
+    where the object must go), and ``has_destination`` float32 () (1, or 0 for files from
+    before destinations were recorded: their destination items are zeros).
 
     The episodes kept are ``episodes`` (names), with ``tasks`` (each one's task name),
     ``lengths`` int64 (E,) and ``starts`` int64 (E + 1,) (frame ``starts[e]`` opens episode
@@ -279,33 +286,51 @@ class DemoDataset(Dataset):
         item = {k: self._read(demo["obs"][k], name, f"obs/{k}", step) for k in OBS_KEYS}
         check_depth(item["depth"], self.path, f"data/{name}/obs/depth at step {step}")
         item["action"] = self._read(demo["actions"], name, "actions", step)
-        target = self._read(demo["states/target_positions"], name, "states/target_positions", step)
-        item["target_offset"] = target - item["proprio"][:3]
-        item["target_uv"] = image_coordinates(target, self.image_size, self.cameras[episode])
+        goal, destination = self._goal_series(demo, name, step)
+        privileged = self._privileged(goal[None], destination[None], item["proprio"][None], self.cameras[episode])
+        item.update({k: v[0] for k, v in privileged.items()})
         return item
+
+    def _goal_series(self, demo: h5py.Group, name: str, index: Any = ()) -> tuple[np.ndarray, np.ndarray]:
+        """(object to move, destination) positions, float32 (..., 3), of ``index`` steps; a
+        file without both subgoal series gives its target and a destination of NaN."""
+        if not all(key in demo["states"] for key in GOAL_STATE_KEYS):
+            target = self._read(demo["states/target_positions"], name, "states/target_positions", index)
+            return target, np.full_like(target, np.nan)
+        goal, destination = (self._read(demo[f"states/{k}"], name, f"states/{k}", index) for k in GOAL_STATE_KEYS)
+        return goal, destination
+
+    def _privileged(
+        self, goal: np.ndarray, destination: np.ndarray, proprio: np.ndarray, camera: Camera
+    ) -> dict[str, np.ndarray]:
+        """The privileged items of frames (N, ...) from their object and destination positions
+        (N, 3; a destination of NaN: not recorded) and proprioception (N, 8)."""
+        known = ~np.isnan(destination).any(axis=1)
+        destination = np.where(known[:, None], destination, goal)  # a placeholder, masked out
+        zero = ~known[:, None]
+        return {
+            "target_offset": goal - proprio[:, :3],
+            "target_uv": image_coordinates(goal, self.image_size, camera),
+            "destination_offset": np.where(zero, 0.0, destination - proprio[:, :3]).astype(np.float32),
+            "destination_uv": np.where(zero, 0.0, image_coordinates(destination, self.image_size, camera)).astype(np.float32),
+            "has_destination": known.astype(np.float32),
+        }
 
     def _read(self, dataset: h5py.Dataset, episode: str, key: str, index: Any = ()) -> np.ndarray:
         return read_array(dataset, index, self.path, f"data/{episode}/{key}")
 
     def _read_all(self, data: h5py.Group) -> dict[str, np.ndarray]:
         """The split's frames in RAM (``in_memory``), with the privileged targets derived."""
-        out: dict[str, list[np.ndarray]] = {k: [] for k in (*OBS_KEYS, "action", "target_positions")}
-        for name in self.episodes:
-            for key in OBS_KEYS:
-                out[key].append(self._read(data[name]["obs"][key], name, f"obs/{key}"))
-            check_depth(out["depth"][-1], self.path, f"data/{name}/obs/depth")
-            out["action"].append(self._read(data[name]["actions"], name, "actions"))
-            targets = data[name]["states/target_positions"]
-            out["target_positions"].append(self._read(targets, name, "states/target_positions"))
-        memory = {k: np.concatenate(v) for k, v in out.items()}
-        targets = memory.pop("target_positions")
-        memory["target_offset"] = targets - memory["proprio"][:, :3]
-        memory["target_uv"] = np.concatenate(
-            [image_coordinates(targets[a:b], self.image_size, camera)
-             for a, b, camera in zip(self.starts[:-1], self.starts[1:], self.cameras)]
-            or [np.zeros((0, 2), np.float32)]
-        )
-        return memory
+        out: dict[str, list[np.ndarray]] = {}
+        for name, camera in zip(self.episodes, self.cameras):
+            frames = {key: self._read(data[name]["obs"][key], name, f"obs/{key}") for key in OBS_KEYS}
+            check_depth(frames["depth"], self.path, f"data/{name}/obs/depth")
+            frames["action"] = self._read(data[name]["actions"], name, "actions")
+            goal, destination = self._goal_series(data[name], name)
+            frames.update(self._privileged(goal, destination, frames["proprio"], camera))
+            for key, value in frames.items():
+                out.setdefault(key, []).append(value)
+        return {k: np.concatenate(v) for k, v in out.items()}
 
     def _paraphrase(self, rng: np.random.Generator, episode: int) -> str:
         """One of the episode's stored train-split phrasings with some words dropped (files

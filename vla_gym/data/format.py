@@ -17,6 +17,10 @@ OBS_KEYS = ("rgb", "depth", "proprio", "instruction")
 #: ``states/<role>_positions`` for each of the episode's roles; every episode has a target.
 POSITIONS_SUFFIX = "_positions"
 STATE_KEYS = ("target_positions",)
+#: ``states/<key>`` of the current subgoal (:meth:`Task.goal_points`), float32 (T, 3), m: the
+#: object to move now and where its centre must go. Optional: files from before them lack
+#: them (readers fall back on ``target_positions`` and no destination).
+GOAL_STATE_KEYS = ("subgoal_object_positions", "subgoal_destination_positions")
 EPISODE_KEYS = ("actions", "rewards", "dones")
 EPISODE_ATTRS = ("num_samples", "instruction", "target_colour", "target_shape", "seed", "success", "camera")
 #: Episode attributes a reader needs; ``camera``, ``task``, ``paraphrases`` and ``roles`` are

@@ -401,6 +401,11 @@ class VLATabletopEnv(gym.Env):
         """World position (m) of the centre of the body playing ``role``, shape (3,)."""
         return self.task.position(self.task.episode.roles[role])
 
+    def goal_points(self) -> np.ndarray:
+        """The current subgoal's object centre and where that centre must go, float32 (2, 3)
+        in metres (:meth:`vla_gym.envs.tasks.base.Task.goal_points`)."""
+        return self.task.goal_points()
+
     # --- helpers ------------------------------------------------------------------------
     def _check_options(self, options: Any) -> dict[str, Any]:
         if options is None:

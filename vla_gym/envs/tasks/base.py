@@ -181,6 +181,14 @@ class Task:
         an instruction-blind expert)."""
         raise NotImplementedError(f"{type(self).__name__} must implement plan")
 
+    def goal_points(self) -> np.ndarray:
+        """Privileged: where the live episode's current subgoal starts and ends, float32
+        (2, 3) in metres: row 0 the centre of the object to move now, row 1 where that centre
+        must go (a receptacle's resting pose, the top of a stack's base, the centre of a push
+        zone, a lift above the table). For auxiliary losses and analysis; the policy never
+        sees it. A multi-step task gives the first subgoal not yet done."""
+        raise NotImplementedError(f"{type(self).__name__} must implement goal_points")
+
     def blind_candidates(self, role_name: str) -> list[Role]:
         """Bodies an instruction-blind expert may take for ``role_name``: every body of the
         role's kind (objects, or fixtures of the same kind), the true one included."""

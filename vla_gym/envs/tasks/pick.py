@@ -74,6 +74,13 @@ class PickTask(Task):
         lift = np.clip(evaluation["height"] / LIFT_HEIGHT, 0.0, 1.0) if touched else 0.0
         return REACH_WEIGHT * self.reach_term(self.episode.roles["target"]) + GRASP_WEIGHT * touched + LIFT_WEIGHT * lift
 
+    def goal_points(self) -> np.ndarray:
+        """The target, and its centre lifted to the expert's height (above where it is now)."""
+        target = self.episode.roles["target"]
+        centre = self.position(target)
+        lifted = [*centre[:2], self.episode.spec_of(target).half_height + LIFT_HEIGHT + LIFT_MARGIN]
+        return np.stack([centre, lifted]).astype(np.float32)
+
     def plan(self, roles: dict[str, Role]) -> list:
         body = roles["target"].body_name
         return [*pick_skills(body), Lift(body, LIFT_HEIGHT + LIFT_MARGIN)]

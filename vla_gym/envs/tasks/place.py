@@ -101,14 +101,19 @@ def placement(task: Task, obj: Role | str, fixture: Role | str) -> Placement:
     centre = task.position(obj)
     inside = spec.contains_xy(centre)
     resting = inside and abs(lowest_point(task, obj) - spec.floor_height) <= REST_TOLERANCE
-    rest_pose = np.array([*spec.xy, spec.floor_height + task.episode.spec_of(obj).half_height])
     return Placement(
         inside=inside,
         resting=resting,
         touched=task.touched(obj),
         still=task.still(obj),
-        distance=float(np.linalg.norm(centre - rest_pose)),
+        distance=float(np.linalg.norm(centre - rest_pose(task, obj, fixture))),
     )
+
+
+def rest_pose(task: Task, obj: Role, fixture: Role) -> np.ndarray:
+    """Where object ``obj``'s centre rests (m, (3,)) upright on the floor of receptacle ``fixture``."""
+    spec: FixtureSpec = task.episode.spec_of(fixture)
+    return np.array([*spec.xy, spec.floor_height + task.episode.spec_of(obj).half_height])
 
 
 def lowest_point(task: Task, obj: Role) -> float:
@@ -320,6 +325,11 @@ class PlaceTask(Task):
     def dense_reward(self, evaluation: dict[str, Any]) -> float:
         target = self.episode.roles["target"]
         return placement_reward(self, target, placement(self, target, "receptacle"))
+
+    def goal_points(self) -> np.ndarray:
+        """The target, and its resting pose in the receptacle."""
+        target, receptacle = self.episode.roles["target"], self.episode.roles["receptacle"]
+        return np.stack([self.position(target), rest_pose(self, target, receptacle)]).astype(np.float32)
 
     def plan(self, roles: dict[str, Role]) -> list[Skill]:
         return placing_skills(self, roles["target"], roles["receptacle"])

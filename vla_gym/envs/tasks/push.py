@@ -177,6 +177,12 @@ class PushTask(Task):
         push_term = 0.0 if evaluation["lifted"] else 1.0 - np.tanh(evaluation["distance"] / PUSH_SCALE)
         return float(POSE_WEIGHT * pose_term + PUSH_WEIGHT * push_term)
 
+    def goal_points(self) -> np.ndarray:
+        """The target, and the zone's centre at the target's height."""
+        centre = self.position(self.episode.roles["target"])
+        zone_xy = self.episode.spec_of(self.episode.roles["zone"]).xy
+        return np.stack([centre, [*zone_xy, centre[2]]]).astype(np.float32)
+
     def plan(self, roles: dict[str, Role]) -> list[Skill]:
         body = roles["target"].body_name
         zone_xy = self.episode.spec_of(roles["zone"]).xy

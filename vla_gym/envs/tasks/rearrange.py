@@ -21,6 +21,7 @@ from vla_gym.envs.tasks.place import (
     placement_reward,
     placing_skills,
     receptacle_candidates,
+    rest_pose,
     sample_receptacles,
 )
 
@@ -171,6 +172,14 @@ class RearrangeTask(Task):
         current = next((pair for pair, done in zip(pairs, placed) if not done), None)
         progress = 0.0 if current is None else placement_reward(self, current[0], placement(self, *current))
         return (sum(placed) + progress) / len(placed)
+
+    def goal_points(self) -> np.ndarray:
+        """The object of the first subgoal not yet done (the last once all are), and its
+        resting pose in that subgoal's receptacle."""
+        pairs = self.subgoals(self.episode.roles)
+        done = self.evaluate()["placed"]
+        obj, fixture = next((pair for pair, placed in zip(pairs, done) if not placed), pairs[-1])
+        return np.stack([self.position(obj), rest_pose(self, obj, fixture)]).astype(np.float32)
 
     def plan(self, roles: dict[str, Role]) -> list[Skill]:
         """Place skills for every step, in order, whose object is not yet in its receptacle."""

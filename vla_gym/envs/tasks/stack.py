@@ -154,9 +154,7 @@ class StackTask(Task):
     def dense_reward(self, evaluation: dict[str, Any]) -> float:
         target, base = self.episode.roles["target"], self.episode.roles["base"]
         held, on_top = evaluation["touched"], evaluation["on_top"]
-        resting_pose = self.position(base).copy()
-        resting_pose[2] = float(self.world.sim.aabb(base.body_name)[1][2]) + self.episode.spec_of(target).half_height
-        distance = float(np.linalg.norm(self.position(target) - resting_pose))
+        distance = float(np.linalg.norm(self.position(target) - self.resting_pose()))
         place = 1.0 - np.tanh(distance / PLACE_SCALE) if held or on_top else 0.0
         return float(
             REACH_WEIGHT * self.reach_term(target)
@@ -164,6 +162,17 @@ class StackTask(Task):
             + PLACE_WEIGHT * place
             + ON_TOP_WEIGHT * on_top
         )
+
+    def resting_pose(self) -> np.ndarray:
+        """Where the target's centre rests on top of the base (m, (3,))."""
+        target, base = self.episode.roles["target"], self.episode.roles["base"]
+        pose = self.position(base).copy()
+        pose[2] = float(self.world.sim.aabb(base.body_name)[1][2]) + self.episode.spec_of(target).half_height
+        return pose
+
+    def goal_points(self) -> np.ndarray:
+        """The target, and its resting pose on top of the base."""
+        return np.stack([self.position(self.episode.roles["target"]), self.resting_pose()]).astype(np.float32)
 
     def plan(self, roles: dict[str, Role]) -> list[Skill]:
         return stack_skills(roles["target"].body_name, roles["base"].body_name, CARRY_CLEARANCE, DROP)
