@@ -148,7 +148,7 @@ def test_checkpoints_saved_before_word_context_load_as_a_bag(tmp_path):
 def test_destination_read_out_is_optional_and_older_checkpoints_load_without_it(tmp_path):
     from vla_gym.agents.checkpoint import load_policy
 
-    assert NetworkConfig().destination_head is False and NetworkConfig().attention_depth is False
+    assert NetworkConfig().destination_head is False
     with pytest.raises(ValueError, match="destination_head must be true or false"):
         NetworkConfig(destination_head="yes")
     assert make_policy(network=SMALL).features_extractor.destination_head is None
@@ -157,36 +157,13 @@ def test_destination_read_out_is_optional_and_older_checkpoints_load_without_it(
     with_head(random_obs(2))
     assert with_head.pop_auxiliary()["destination_offset"].shape == (2, 3)
     path = tmp_path / "old.pt"
-    saved = _save_tiny(path, {**SMALL, "destination_head": False, "attention_depth": False},
-                       drop=("destination_head", "attention_depth"))
+    saved = _save_tiny(path, {**SMALL, "destination_head": False}, drop=("destination_head",))
     loaded = load_policy(path, device="cpu")
     assert loaded.network_config.destination_head is False and loaded.features_extractor.destination_head is None
-    assert loaded.network_config.attention_depth is False
     obs = random_obs(2)
     with torch.no_grad():
         torch.testing.assert_close(loaded.extract_features(obs, loaded.features_extractor),
                                    saved.extract_features(obs, saved.features_extractor))
-
-
-def test_attention_reads_out_the_attended_cells_3d_point_from_depth():
-    extractor = make_policy(network={**SMALL, "attention_depth": True}).features_extractor
-    attention = extractor.attention
-    assert extractor.config.attended_points and extractor.where[0].in_features == 5 * 2  # 2 heads x (u, v, 3-D)
-    depth = torch.full((1, 1, 84, 84), 0.8)
-    depth[0, 0, :8, :8] = 0.5  # exactly the first cell's receptive field (8 px, stride 4)
-    points = attention.cell_points(depth)  # (1, cells, 3)
-    assert points.shape == (1, 400, 3)
-    torch.testing.assert_close(points[0, 0], torch.cat([attention.grid[0] * 0.5, torch.tensor([0.5])]))
-    torch.testing.assert_close(points[0, 399], torch.cat([attention.grid[399] * 0.8, torch.tensor([0.8])]))
-    # The depth image moves the read-out: features differ with the depth alone changed.
-    obs = random_obs(2)
-    farther = {**obs, "depth": obs["depth"] + 0.3}
-    with torch.no_grad():
-        assert not torch.allclose(extractor(obs), extractor(farther))
-    rgb_only = make_policy(network={**SMALL, "use_depth": False, "attention_depth": True}).features_extractor
-    assert not rgb_only.config.attended_points and rgb_only.where[0].in_features == 2 * 2
-    with torch.no_grad():
-        torch.testing.assert_close(rgb_only(obs), rgb_only(farther))  # no depth read anywhere
 
 
 def test_tokenizer_maps_unknown_words_to_one_id():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -13,15 +11,12 @@ from vla_gym.agents.checkpoint import load_policy, read_checkpoint
 from vla_gym.agents.network import TARGET_OFFSET_SCALE
 from vla_gym.agents.ppo import PPOConfig, _Trainer, train_ppo
 from vla_gym.agents.privileged import (
-    HEATMAP_SIGMA,
     INFO_KEY,
     MIN_TARGET_HEIGHT,
     PRIVILEGED_DIM,
     PrivilegedRollout,
     PrivilegedTargets,
     auxiliary_losses,
-    heatmap_loss,
-    heatmap_targets,
     valid_destinations,
     valid_targets,
 )
@@ -119,30 +114,6 @@ def test_destination_terms_supervise_the_second_read_out_and_head_on_masked_fram
     assert offset_loss.item() == pytest.approx(9.0 / 2) and where_loss.item() == pytest.approx(4.0 / 2)
     without_head = {k: v for k, v in aux.items() if k != "destination_offset"}  # destination_head=False
     assert [x.item() for x in auxiliary_losses(without_head, offset, uv, both_known)] == [0.0, 0.0]
-
-
-def test_heatmap_loss_is_zero_on_the_label_and_grows_away_from_it():
-    grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, 20), torch.linspace(-1, 1, 20), indexing="xy"), -1)
-    grid = grid.reshape(-1, 2)
-    uv = torch.tensor([[0.3, -0.4], [-0.6, 0.2]])
-    exact = torch.log_softmax(-((uv[:, None] - grid[None]) ** 2).sum(-1) / (2 * HEATMAP_SIGMA**2), dim=-1)
-    assert heatmap_targets(uv, grid).argmax(dim=1).tolist() == ((grid[None] - uv[:, None]).norm(dim=-1)).argmin(1).tolist()
-    aux = {"log_attention": torch.stack([exact, exact.flip(0)], dim=1), "attention_grid": grid,
-           "destination_offset": torch.zeros(2, 3)}
-    assert heatmap_loss(aux, uv).item() == pytest.approx(0.0, abs=1e-5)
-    uniform = torch.full((2, 2, len(grid)), -math.log(len(grid)))
-    far = heatmap_loss({**aux, "log_attention": uniform}, uv)
-    assert far.item() > 2.0  # a diffuse attention costs nats, though its mean is near the centre
-    # Head 1 is held to the destination on frames that have one, with a destination read-out.
-    destination = (torch.zeros(2, 3), uv.flip(0), torch.ones(2))
-    assert heatmap_loss(aux, uv, destination).item() == pytest.approx(0.0, abs=1e-5)
-    assert heatmap_loss(aux, uv, (torch.zeros(2, 3), uv, torch.ones(2))).item() > 1.0
-    assert heatmap_loss(aux, uv, (torch.zeros(2, 3), uv, torch.zeros(2))).item() == pytest.approx(0.0, abs=1e-5)
-    no_readout = {k: v for k, v in aux.items() if k != "destination_offset"}
-    assert heatmap_loss(no_readout, uv, (torch.zeros(2, 3), uv, torch.ones(2))).item() == pytest.approx(0.0, abs=1e-5)
-    outside = torch.tensor([[1.5, 0.0], [-0.6, 0.2]])  # frame 0's label off the image: left out
-    only_second = heatmap_loss({**aux, "log_attention": uniform[1:]}, uv[1:])
-    assert heatmap_loss({**aux, "log_attention": uniform}, outside).item() == pytest.approx(only_second.item())
 
 
 def test_aux_passes_need_a_frozen_trunk(bc_checkpoint, tmp_path):

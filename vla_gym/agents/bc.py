@@ -61,7 +61,7 @@ from vla_gym.agents.distributed import (
     mean_over_ranks,
 )
 from vla_gym.agents.network import NetworkConfig, VLAActorCriticPolicy, info_nce
-from vla_gym.agents.privileged import auxiliary_losses, heatmap_loss
+from vla_gym.agents.privileged import auxiliary_losses
 from vla_gym.data.augment import AugmentConfig, augment_batch
 from vla_gym.fileio import append_jsonl, atomic_write_text
 from vla_gym.data.dataset import DemoDataset, check_env_matches, collate_batch
@@ -105,9 +105,6 @@ class BCConfig:
         attention_coef: weight of the auxiliary loss that pulls the first head of the
             instruction-to-pixel attention onto the goal object's image position (privileged):
             the squared error of the attention's expected image coordinates.
-        heatmap_coef: weight of a second attention loss on the same labels: the KL divergence
-            from a Gaussian heat map around the label to the attention over the cells
-            (:func:`~vla_gym.agents.privileged.heatmap_loss`; 0 = off).
         gamma: discount of those returns.
         contrastive_coef: weight of the InfoNCE vision-language loss (0 = off).
         contrastive_temperature: its temperature.
@@ -139,7 +136,6 @@ class BCConfig:
     value_coef: float = 0.5
     target_coef: float = 1.0
     attention_coef: float = 10.0
-    heatmap_coef: float = 0.0
     gamma: float = 0.99
     contrastive_coef: float = 0.0
     contrastive_temperature: float = 0.1
@@ -166,8 +162,7 @@ class BCConfig:
             setattr(self, name, bounded_int(name, getattr(self, name), low, high))
         for name in ("lr", "contrastive_temperature"):
             setattr(self, name, finite_float(name, getattr(self, name), 0.0, low_open=True))
-        for name in ("weight_decay", "grad_clip", "value_coef", "target_coef", "attention_coef", "heatmap_coef",
-                     "contrastive_coef"):
+        for name in ("weight_decay", "grad_clip", "value_coef", "target_coef", "attention_coef", "contrastive_coef"):
             setattr(self, name, finite_float(name, getattr(self, name), 0.0))
         for name in ("gamma", "paraphrase_prob", "min_lr_ratio"):
             setattr(self, name, finite_float(name, getattr(self, name), 0.0, 1.0))
@@ -260,9 +255,6 @@ class _Losses(torch.nn.Module):
             + self.config.attention_coef * where_loss
         )
         out = {"nll": nll, "value_loss": value_loss, "target_loss": offset_loss, "attention_loss": where_loss}
-        if self.config.heatmap_coef > 0:
-            out["heatmap_loss"] = heatmap_loss(aux, batch["target_uv"], destination)
-            loss = loss + self.config.heatmap_coef * out["heatmap_loss"]
         squared_error = (distribution.distribution.mean.float().detach() - actions.float()) ** 2
         out["action_mse"] = squared_error.mean()
         if per_frame:

@@ -313,9 +313,7 @@ def _list_difference(found: list, expected: list) -> str:
 #: Network config fields added after checkpoints were first written, with the value that
 #: a checkpoint without the field behaves as (``vocabulary`` is not here: a checkpoint
 #: without it used another vocabulary, see ``with_recorded_vocabulary``).
-NETWORK_FIELDS_ADDED: dict[str, Any] = {
-    "use_depth": True, "word_context": "bag", "destination_head": False, "attention_depth": False,
-}
+NETWORK_FIELDS_ADDED: dict[str, Any] = {"use_depth": True, "word_context": "bag", "destination_head": False}
 
 
 def with_added_network_fields(network: Any) -> Any:

@@ -221,14 +221,6 @@ class NetworkConfig:
             one says where to (a receptacle, a zone, a stack's base). Off by default: on the
             multitask preset's demos it lowered BC's success (benchmarks/RESULTS.md, "Where
             the object must go"). Checkpoints saved before this field load with False.
-        attention_depth: each attention head also reads out the 3-D point it attends to, in
-            the camera frame: the attention-weighted (u z, v z, z) of the cells, z the depth
-            image averaged over each cell's receptive field (m). A linear map of it gives the
-            attended object's position relative to the gripper, which the image coordinates
-            alone give only through the camera's projection. Needs the depth image: with
-            ``use_depth=False`` no depth is read and the heads give their image coordinates
-            alone. Off by default: it did not change BC on place demos (benchmarks/RESULTS.md,
-            "Where the object must go"). Checkpoints saved before this field load with False.
     """
 
     channels: tuple[int, ...] = (32, 32, 64)
@@ -249,7 +241,6 @@ class NetworkConfig:
     use_depth: bool = True
     word_context: str = "gru"
     destination_head: bool = False
-    attention_depth: bool = False
 
     def __post_init__(self) -> None:
         # Sizes come from users and from checkpoint files: each is bounded before anything
@@ -278,10 +269,11 @@ class NetworkConfig:
                 "use_depth must be true or false (whether the conv trunk reads the depth image), "
                 f"got {self.use_depth!r}"
             )
-        for name, what in (("destination_head", "whether BC also supervises where the object must go"),
-                           ("attention_depth", "whether the attention heads read out the attended 3-D point")):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false ({what}), got {getattr(self, name)!r}")
+        if not isinstance(self.destination_head, bool):
+            raise ValueError(
+                "destination_head must be true or false (whether BC also supervises where the object must go), "
+                f"got {self.destination_head!r}"
+            )
         if self.word_context not in WORD_CONTEXTS:
             raise ValueError(f"word_context must be one of {list(WORD_CONTEXTS)}, got {self.word_context!r}")
         self._check_language()
@@ -308,11 +300,6 @@ class NetworkConfig:
         if self.language_embedding_dim is not None:
             dim = self.language_embedding_dim
             self.language_embedding_dim = bounded_int("language_embedding_dim", dim, 1, MAX_WIDTH)
-
-    @property
-    def attended_points(self) -> bool:
-        """Whether the heads read out the attended 3-D point (``attention_depth`` with depth)."""
-        return self.attention_depth and self.use_depth
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -382,12 +369,9 @@ class LanguageQueryAttention(nn.Module):
     expected coordinate resolves positions finer than a cell.
     """
 
-    def __init__(
-        self, in_channels: int, heads: int, key_dim: int, grid: torch.Tensor, kernel: int = 8, stride: int = 4
-    ) -> None:
+    def __init__(self, in_channels: int, heads: int, key_dim: int, grid: torch.Tensor) -> None:
         super().__init__()
         self.heads, self.key_dim = heads, key_dim
-        self.kernel, self.stride = kernel, stride  # the attended map's conv: its cells' receptive fields
         # A per-cell linear map on (B, cells, C): the map is channels-last in memory, so this
         # is one matmul with no transpose, and the key norms reduce over contiguous memory.
         self.key = nn.Linear(in_channels, heads * key_dim)
@@ -397,10 +381,6 @@ class LanguageQueryAttention(nn.Module):
 
     def forward(self, features: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """``features`` (B, C, H, W), unit-norm ``query`` (B, heads, key_dim) -> (B, heads, 2)."""
-        return torch.softmax(self.logits(features, query), dim=-1) @ self.grid
-
-    def logits(self, features: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        """The attention logits over the cells, (B, heads, cells) in the order of :attr:`grid`."""
         b, c = features.shape[:2]
         cells = features.permute(0, 2, 3, 1).reshape(b, -1, c)  # a view when channels-last
         keys = self.key(cells)  # (B, cells, heads * key_dim)
@@ -410,14 +390,8 @@ class LanguageQueryAttention(nn.Module):
         blocks.diagonal(dim1=1, dim2=3).copy_(query.transpose(1, 2))
         dots = torch.bmm(keys, blocks.view(b, self.heads * self.key_dim, self.heads))  # (B, cells, heads)
         norms = torch.linalg.vector_norm(keys.view(b, -1, self.heads, self.key_dim), dim=-1).clamp_min(1e-6)
-        return (dots / norms).transpose(1, 2) * self.log_temperature.exp()  # (B, heads, cells)
-
-    def cell_points(self, depth: torch.Tensor) -> torch.Tensor:
-        """Each cell's 3-D point in the camera frame up to the intrinsics' scale, (B, cells, 3):
-        (u z, v z, z), with z the depth image (B, 1, S, S) in metres averaged over the cell's
-        receptive field and (u, v) the cell's image coordinates."""
-        z = F.avg_pool2d(depth, self.kernel, self.stride).flatten(1).unsqueeze(-1)  # (B, cells, 1)
-        return torch.cat([self.grid * z, z], dim=-1)
+        logits = (dots / norms).transpose(1, 2) * self.log_temperature.exp()  # (B, heads, cells)
+        return torch.softmax(logits, dim=-1) @ self.grid  # (B, heads, 2)
 
 
 class LanguageEncoder(nn.Module):
@@ -645,12 +619,9 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         self.keypoints = SpatialSoftmax(coordinate_grid(size, size))
         first_grid = receptive_field_centres(image_size, CONV_KERNELS[0], CONV_STRIDES[0])
         self.attention = LanguageQueryAttention(
-            config.channels[0], config.attention_heads, config.attention_key_dim, first_grid,
-            CONV_KERNELS[0], CONV_STRIDES[0],
+            config.channels[0], config.attention_heads, config.attention_key_dim, first_grid
         )
-        # Each head's image coordinates (u, v), and with attention_depth its 3-D point (3).
-        per_head = 5 if config.attended_points else 2
-        self.where = nn.Sequential(nn.Linear(per_head * config.attention_heads, config.proprio_dim), nn.ReLU())
+        self.where = nn.Sequential(nn.Linear(2 * config.attention_heads, config.proprio_dim), nn.ReLU())
         # Reads the last map flattened in (H, W, C) order: a view of a channels-last map.
         self.glimpse = nn.Sequential(nn.Linear(in_ch * size * size, config.glimpse_dim), nn.ReLU())
         # The trunk's input is rgb in [0, 255] and depth in metres (SB3's own image scaling
@@ -810,7 +781,7 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         language, *films, query = cond.split([*self._condition_split, cond.shape[1] - sum(self._condition_split)], dim=1)
         query = query.reshape(len(cond), self.config.attention_heads, -1)
         rgb, depth = self._images(observations)
-        read_out = logits = first = None
+        where = first = None
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             x = norm(self._first_conv(rgb, depth) if i == 0 else conv(x))
             if self._film_on[i]:
@@ -818,35 +789,20 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
             x = F.relu(x)
             if i == 0:
                 first = x
-                read_out, logits = self._attend(x, query, depth)
+                where = self.attention(x, query)  # (B, heads, 2)
         glimpse = self.glimpse(x.permute(0, 2, 3, 1).reshape(len(x), -1))
         proprio = self._proprio(observations["proprio"])
-        features = [self.keypoints(x), glimpse, self.where(read_out.flatten(1)), language, proprio]
+        features = [self.keypoints(x), glimpse, self.where(where.flatten(1)), language, proprio]
         fused = self.fuse(torch.cat(features, dim=1))
         if self.keep_auxiliary:
             self.auxiliary = {
-                "where": read_out[..., :2],
-                "log_attention": torch.log_softmax(logits, dim=-1),
-                "attention_grid": self.attention.grid,
+                "where": where,
                 "target_offset": self.target_head(fused),
                 **({} if self.destination_head is None else {"destination_offset": self.destination_head(fused)}),
                 "vision": self.vision_embed(first.mean(dim=(2, 3))),
                 "language": self.language_embed(language),
             }
         return fused
-
-    def _attend(
-        self, first: torch.Tensor, query: torch.Tensor, depth: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The instruction's attention over the first map (B, C, 20, 20): each head's read-out
-        (B, heads, 2), its image coordinates, or (B, heads, 5) with the attended 3-D point
-        (``attended_points``); and the logits (B, heads, cells)."""
-        logits = self.attention.logits(first, query)
-        weights = torch.softmax(logits, dim=-1)
-        where = weights @ self.attention.grid
-        if depth is None or not self.config.attended_points:
-            return where, logits
-        return torch.cat([where, weights @ self.attention.cell_points(depth)], dim=-1), logits
 
     def channels_last(self) -> "VLAFeaturesExtractor":
         """Keep the conv weights in channels-last memory, as the trunk's input is: measured
@@ -864,9 +820,7 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
     def pop_auxiliary(self) -> dict[str, torch.Tensor]:
         """Outputs of the last forward pass for BC's auxiliary losses (kept only while
         ``keep_auxiliary`` is true): ``where`` (B, heads, 2) image coordinates the instruction
-        attends to, ``log_attention`` (B, heads, cells) its log weights over the cells whose
-        image coordinates are ``attention_grid`` (cells, 2), ``target_offset`` (B, 3) in units
-        of :data:`TARGET_OFFSET_SCALE` (and
+        attends to, ``target_offset`` (B, 3) in units of :data:`TARGET_OFFSET_SCALE` (and
         ``destination_offset`` (B, 3) with ``NetworkConfig.destination_head``), and the
         ``vision`` / ``language`` embeddings (B, contrastive_dim) of the InfoNCE loss."""
         if not self.auxiliary:

@@ -89,52 +89,6 @@ def auxiliary_losses(
     return offset_loss, where_loss
 
 
-#: Width (std, in image coordinates of [-1, 1]) of the Gaussian a heat-map target puts on
-#: the cells around a labelled point: about one cell of the 20x20 attention map.
-HEATMAP_SIGMA = 0.1
-#: Labels further outside the image than this (image coordinates) get no heat-map term.
-HEATMAP_MARGIN = 1.05
-
-
-def heatmap_targets(uv: torch.Tensor, grid: torch.Tensor, sigma: float = HEATMAP_SIGMA) -> torch.Tensor:
-    """A Gaussian around each point ``uv`` (B, 2) over the cells at ``grid`` (cells, 2),
-    normalised over the cells: (B, cells)."""
-    distance2 = ((uv[:, None, :] - grid[None]) ** 2).sum(dim=-1)
-    return torch.softmax(-distance2 / (2 * sigma**2), dim=-1)
-
-
-def heatmap_loss(
-    aux: dict[str, torch.Tensor],
-    target_uv: torch.Tensor,
-    destination: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """KL divergence from a Gaussian heat map around the labelled image point to the
-    attention over the cells: head 0 onto the object to move, head 1 (with a destination
-    read-out, as :func:`auxiliary_losses`) onto where it must go; frames whose point lies
-    outside the image are left out. Unlike the squared error of the attention's expected
-    coordinate, which a diffuse attention centred near the label already nearly satisfies,
-    this pulls the attention's mass onto the label's cells from the start.
-
-    Args:
-        aux: the features extractor's auxiliary outputs: ``log_attention`` (B, heads, cells),
-            ``attention_grid`` (cells, 2), and ``destination_offset`` with a destination read-out.
-        target_uv: image coordinates (B, 2) of the object to move.
-        destination: (offset (B, 3), image coordinates (B, 2), mask (B,)) of where it must go.
-    """
-    log_attention, grid = aux["log_attention"].float(), aux["attention_grid"].float()
-    heads = [(0, target_uv.float(), torch.ones(len(target_uv), device=target_uv.device))]
-    if destination is not None and "destination_offset" in aux and log_attention.shape[1] > 1:
-        heads.append((1, destination[1].float(), destination[2].float()))
-    loss = log_attention.new_zeros(())
-    for head, uv, mask in heads:
-        mask = mask * (uv.abs() <= HEATMAP_MARGIN).all(dim=1).float()
-        target = heatmap_targets(uv.clamp(-1.0, 1.0), grid)
-        terms = target * (torch.log(target.clamp_min(1e-30)) - log_attention[:, head])
-        kl = torch.where(target > 0, terms, torch.zeros_like(terms)).sum(dim=-1)  # 0 log 0 = 0
-        loss = loss + torch.where(mask > 0, kl * mask, torch.zeros_like(kl)).sum() / mask.sum().clamp_min(1.0)
-    return loss
-
-
 class PrivilegedTargets(gym.Wrapper):
     """Adds ``info["privileged_target"]`` (see :data:`INFO_KEY`) at reset and at every step:
     the current subgoal's object and destination in the observation just returned. For
