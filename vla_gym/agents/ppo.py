@@ -83,7 +83,7 @@ from vla_gym.agents.privileged import (
     PrivilegedRollout,
     PrivilegedTargets,
     auxiliary_losses,
-    valid_destinations,
+    rollout_labels,
     valid_targets,
 )
 from vla_gym.data.format import env_args as make_env_args
@@ -608,10 +608,8 @@ class VLAPPO(PPO):
                     extractor(obs)
                 finally:
                     extractor.keep_auxiliary = False
-                rows, ee = targets[index], obs["proprio"][:, :3]
-                destination = (rows[:, 5:8] - ee, rows[:, 8:10], valid_destinations(rows))
                 offset_loss, where_loss = auxiliary_losses(
-                    extractor.pop_auxiliary(), rows[:, :3] - ee, rows[:, 3:5], destination
+                    extractor.pop_auxiliary(), *rollout_labels(targets[index], obs["proprio"][:, :3])
                 )
                 loss = self.aux_target_coef * offset_loss + self.aux_attention_coef * where_loss
                 self.aux_optimizer.zero_grad(set_to_none=True)

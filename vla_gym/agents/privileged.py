@@ -53,6 +53,16 @@ def valid_destinations(targets: torch.Tensor) -> torch.Tensor:
     return (targets[:, 8:10].abs() <= 1.0).all(dim=1)
 
 
+def rollout_labels(
+    targets: torch.Tensor, ee: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`auxiliary_losses`' labels from privileged targets (B, 10) and the end-effector
+    positions (B, 3): the object's offset from the end effector (m), its image coordinates, and
+    the destination's (offset, image coordinates, mask of destinations inside the image)."""
+    destination = (targets[:, 5:8] - ee, targets[:, 8:10], valid_destinations(targets))
+    return targets[:, :3] - ee, targets[:, 3:5], destination
+
+
 def auxiliary_losses(
     aux: dict[str, torch.Tensor],
     target_offset: torch.Tensor,
@@ -97,7 +107,7 @@ class PrivilegedTargets(gym.Wrapper):
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
         if not hasattr(env.unwrapped, "goal_points"):
-            raise TypeError(f"{env.unwrapped!r} has no role_position(): privileged targets need a vla_gym tabletop env")
+            raise TypeError(f"{env.unwrapped!r} has no goal_points(): privileged targets need a vla_gym tabletop env")
         self.image_size = int(env.observation_space["rgb"].shape[0])
 
     def _target(self) -> np.ndarray:

@@ -287,33 +287,37 @@ class DemoDataset(Dataset):
         check_depth(item["depth"], self.path, f"data/{name}/obs/depth at step {step}")
         item["action"] = self._read(demo["actions"], name, "actions", step)
         goal, destination = self._goal_series(demo, name, step)
-        privileged = self._privileged(goal[None], destination[None], item["proprio"][None], self.cameras[episode])
+        destination = None if destination is None else destination[None]
+        privileged = self._privileged(goal[None], destination, item["proprio"][None], self.cameras[episode])
         item.update({k: v[0] for k, v in privileged.items()})
         return item
 
-    def _goal_series(self, demo: h5py.Group, name: str, index: Any = ()) -> tuple[np.ndarray, np.ndarray]:
+    def _goal_series(
+        self, demo: h5py.Group, name: str, index: Any = ()
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """(object to move, destination) positions, float32 (..., 3), of ``index`` steps; a
-        file without both subgoal series gives its target and a destination of NaN."""
+        file without both subgoal series gives its target and no destination (None)."""
         if not all(key in demo["states"] for key in GOAL_STATE_KEYS):
-            target = self._read(demo["states/target_positions"], name, "states/target_positions", index)
-            return target, np.full_like(target, np.nan)
+            return self._read(demo["states/target_positions"], name, "states/target_positions", index), None
         goal, destination = (self._read(demo[f"states/{k}"], name, f"states/{k}", index) for k in GOAL_STATE_KEYS)
         return goal, destination
 
     def _privileged(
-        self, goal: np.ndarray, destination: np.ndarray, proprio: np.ndarray, camera: Camera
+        self, goal: np.ndarray, destination: np.ndarray | None, proprio: np.ndarray, camera: Camera
     ) -> dict[str, np.ndarray]:
         """The privileged items of frames (N, ...) from their object and destination positions
-        (N, 3; a destination of NaN: not recorded) and proprioception (N, 8)."""
-        known = ~np.isnan(destination).any(axis=1)
-        destination = np.where(known[:, None], destination, goal)  # a placeholder, masked out
-        zero = ~known[:, None]
+        (N, 3; None: not recorded, its items zeros) and proprioception (N, 8)."""
+        n = len(goal)
+        if destination is None:
+            offset, uv = np.zeros((n, 3), np.float32), np.zeros((n, 2), np.float32)
+        else:
+            offset, uv = destination - proprio[:, :3], image_coordinates(destination, self.image_size, camera)
         return {
             "target_offset": goal - proprio[:, :3],
             "target_uv": image_coordinates(goal, self.image_size, camera),
-            "destination_offset": np.where(zero, 0.0, destination - proprio[:, :3]).astype(np.float32),
-            "destination_uv": np.where(zero, 0.0, image_coordinates(destination, self.image_size, camera)).astype(np.float32),
-            "has_destination": known.astype(np.float32),
+            "destination_offset": offset,
+            "destination_uv": uv,
+            "has_destination": np.full(n, destination is not None, np.float32),
         }
 
     def _read(self, dataset: h5py.Dataset, episode: str, key: str, index: Any = ()) -> np.ndarray:

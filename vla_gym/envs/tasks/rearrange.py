@@ -168,17 +168,18 @@ class RearrangeTask(Task):
 
     def dense_reward(self, evaluation: dict[str, Any]) -> float:
         placed = evaluation["placed"]
-        pairs = self.subgoals(self.episode.roles)
-        current = next((pair for pair, done in zip(pairs, placed) if not done), None)
+        current = self.current_subgoal(placed)
         progress = 0.0 if current is None else placement_reward(self, current[0], placement(self, *current))
         return (sum(placed) + progress) / len(placed)
+
+    def current_subgoal(self, placed: list[bool]) -> tuple[Role, Role] | None:
+        """(object, receptacle) of the first step not yet ``placed``; None once all are."""
+        return next((pair for pair, done in zip(self.subgoals(self.episode.roles), placed) if not done), None)
 
     def goal_points(self) -> np.ndarray:
         """The object of the first subgoal not yet done (the last once all are), and its
         resting pose in that subgoal's receptacle."""
-        pairs = self.subgoals(self.episode.roles)
-        done = self.evaluate()["placed"]
-        obj, fixture = next((pair for pair, placed in zip(pairs, done) if not placed), pairs[-1])
+        obj, fixture = self.current_subgoal(self.evaluate()["placed"]) or self.subgoals(self.episode.roles)[-1]
         return np.stack([self.position(obj), rest_pose(self, obj, fixture)]).astype(np.float32)
 
     def plan(self, roles: dict[str, Role]) -> list[Skill]:
