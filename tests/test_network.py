@@ -166,6 +166,22 @@ def test_destination_read_out_is_optional_and_older_checkpoints_load_without_it(
                                    saved.extract_features(obs, saved.features_extractor))
 
 
+def test_checkpoints_holding_a_removed_option_load_when_it_was_off_and_are_refused_when_on(tmp_path):
+    from vla_gym.agents.checkpoint import CheckpointError, load_policy
+
+    off = tmp_path / "off.pt"
+    saved = _save_tiny(off, SMALL, extra={"attention_depth": False})  # as commit 9672986 wrote them
+    loaded = load_policy(off, device="cpu")
+    obs = random_obs(2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.extract_features(obs, loaded.features_extractor),
+                                   saved.extract_features(obs, saved.features_extractor))
+    on = tmp_path / "on.pt"
+    _save_tiny(on, SMALL, extra={"attention_depth": True})
+    with pytest.raises(CheckpointError, match="attention_depth=True is an option this version of vla_gym no longer"):
+        load_policy(on, device="cpu")
+
+
 def test_tokenizer_maps_unknown_words_to_one_id():
     tokenizer = Tokenizer()
     ids = tokenizer.encode_text("Elevate the RED orb, now!")
@@ -367,7 +383,8 @@ def test_a_given_vocabulary_sizes_the_word_embedding():
     assert bag.tokenizer.encode_text("push the red cube")[:3].tolist() == [2, 1, 3]  # unknown words as 1
 
 
-def _save_tiny(path, network: dict, drop_vocabulary: bool = False, drop: tuple[str, ...] = ()):
+def _save_tiny(path, network: dict, drop_vocabulary: bool = False, drop: tuple[str, ...] = (),
+               extra: dict | None = None):
     from vla_gym.agents.checkpoint import build_policy, save_checkpoint
     from vla_gym.data.format import env_args
 
@@ -377,6 +394,7 @@ def _save_tiny(path, network: dict, drop_vocabulary: bool = False, drop: tuple[s
         del meta_network["vocabulary"]
     for name in drop:  # fields older checkpoints lack
         del meta_network[name]
+    meta_network.update(extra or {})  # fields an earlier version wrote and this one lacks
     save_checkpoint(path, policy, {"env": env_args("VLAPick-v0"), "network": meta_network})
     return policy
 

@@ -8,6 +8,7 @@ import pytest
 
 from vla_gym import pipeline
 from vla_gym.cli import train_agent_main
+from vla_gym.data.dataset import read_env_args
 from vla_gym.evaluation import wilson_interval
 from vla_gym.pipeline import POLICIES, SPLITS, AgentConfig, train_agent
 
@@ -23,7 +24,8 @@ TINY = dict(
 
 def test_train_agent_writes_a_report_of_what_it_measured_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "agent"
-    config = AgentConfig(out=str(out), **TINY)
+    # Demos from randomised cameras: BC reads them from the demo file (and its env checks agree).
+    config = AgentConfig(out=str(out), **{**TINY, "demo_env_kwargs": {"camera_jitter": [0.03, 3.0]}})
     real_ppo = pipeline._run_ppo
 
     def interrupted(*args, **kwargs):
@@ -65,6 +67,7 @@ def test_train_agent_writes_a_report_of_what_it_measured_and_resumes(tmp_path, m
     assert all(stage["skipped"] for stage in again["stages"].values())
     with pytest.raises(ValueError, match="another config"):
         train_agent(AgentConfig(out=str(out), **{**TINY, "eval_episodes": 3}))
+    assert read_env_args(out / "demos.h5")["env_kwargs"] == {"camera_jitter": [0.03, 3.0]}
 
 
 def test_presets_are_valid_configs(tmp_path):
@@ -100,6 +103,19 @@ def test_report_splits_are_checked_and_the_full_preset_randomises_the_camera(tmp
     assert "--destination-head" in "\n".join(pipeline._commands(custom, tmp_path))
     with pytest.raises(ValueError, match=r"splits must be a non-empty list of \['camera_jitter', 'object_test', "):
         AgentConfig(out=str(tmp_path / "x"), splits=["objects"])
+
+
+def test_demo_env_kwargs_are_in_the_commands_and_bad_ones_fail_before_any_stage(tmp_path):
+    """(The tiny run above collects its demos with them.)"""
+    jitter = {"camera_jitter": [0.03, 3.0]}
+    config = AgentConfig(out=str(tmp_path / "j"), **{**TINY, "demo_env_kwargs": jitter})
+    assert config.bc_config(tmp_path).env_kwargs == jitter
+    collect = next(c for c in pipeline._commands(config, tmp_path) if c.startswith("vla-gym collect"))
+    assert '--env-kwargs \'{"camera_jitter": [0.03, 3.0]}\'' in collect
+    with pytest.raises(ValueError, match="demo_env_kwargs .*camera_jitter"):
+        AgentConfig(out=str(tmp_path / "x"), **{**TINY, "demo_env_kwargs": {"camera_jitter": [5.0, 3.0]}})
+    with pytest.raises(ValueError, match="demo_env_kwargs must be a dict"):
+        AgentConfig(out=str(tmp_path / "x"), **{**TINY, "demo_env_kwargs": [0.03, 3.0]})
 
 
 def test_multitask_run_collects_balanced_demos_and_reports_a_row_per_task(tmp_path):

@@ -316,9 +316,27 @@ def _list_difference(found: list, expected: list) -> str:
 NETWORK_FIELDS_ADDED: dict[str, Any] = {"use_depth": True, "word_context": "bag", "destination_head": False}
 
 
+#: Network config fields that vla_gym once wrote and no longer has, with the value under
+#: which the network was the same as without them: a checkpoint holding that value loads (the
+#: field dropped); another value is refused, as a network this version cannot build.
+#: ``attention_depth``: an experimental option of commit 9672986, removed in 58942d3.
+NETWORK_FIELDS_REMOVED: dict[str, Any] = {"attention_depth": False}
+
+
 def with_added_network_fields(network: Any) -> Any:
-    """A checkpoint's network config with the fields it predates (:data:`NETWORK_FIELDS_ADDED`) filled in."""
-    return {**NETWORK_FIELDS_ADDED, **network} if isinstance(network, dict) else network
+    """A checkpoint's network config with the fields it predates (:data:`NETWORK_FIELDS_ADDED`)
+    filled in and the removed fields it holds at their neutral value
+    (:data:`NETWORK_FIELDS_REMOVED`) dropped; ``ValueError`` for a removed field that was on."""
+    if not isinstance(network, dict):
+        return network
+    for name, neutral in NETWORK_FIELDS_REMOVED.items():
+        if name in network and network[name] != neutral:
+            raise ValueError(
+                f"{name}={network[name]!r} is an option this version of vla_gym no longer has (only "
+                f"{name}={neutral!r} loads); retrain the policy, or load it with the vla_gym version that wrote it"
+            )
+    kept = {k: v for k, v in network.items() if k not in NETWORK_FIELDS_REMOVED}
+    return {**NETWORK_FIELDS_ADDED, **kept}
 
 
 def resume_differences(saved: dict[str, Any], wanted: dict[str, Any], may_change: frozenset[str]) -> list[str]:
