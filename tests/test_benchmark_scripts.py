@@ -192,3 +192,32 @@ def test_suite_helpers_pool_format_and_size_bc():
     assert suite_lib.task_env_kwargs(["pick"]) == {"tasks": ["pick"]}
     with pytest.raises(suite_lib.SuiteError, match="unknown or no names"):
         suite_lib.parse_names("pick,lift", suite_lib.TASKS, "--tasks")
+
+
+def test_bc_phase_errors_are_per_tenth_and_zero_for_the_labels_themselves(demo_file, bc_checkpoint, capsys):
+    import numpy as np
+    import torch
+
+    from vla_gym.agents.checkpoint import load_policy
+
+    script = load_script("bc_phase_errors")
+    policy = load_policy(bc_checkpoint, device="cpu")
+    errors = script.phase_errors(policy, demo_file, episodes=3)
+    assert errors.shape == (script.TENTHS, 5) and np.isfinite(errors).all() and (errors[:, :4] >= 0).all()
+    assert errors[0, 4] == -1.0  # every pick episode starts with the gripper open
+
+    class Oracle:  # a "policy" whose mean is the label: no error anywhere
+        def __init__(self, labels):
+            self.labels = labels
+
+        def get_distribution(self, obs):
+            mean = torch.as_tensor(self.labels.pop(0))
+            return type("D", (), {"distribution": torch.distributions.Normal(mean, 1.0)})()
+
+    import h5py
+
+    with h5py.File(demo_file) as f:
+        labels = [f["data"][name]["actions"][()] for name in sorted(f["data"].keys())[:2]]
+    assert script.phase_errors(Oracle(labels), demo_file, episodes=2)[:, :4].max() == 0.0
+    assert script.main(["--policy", bc_checkpoint, "--data", demo_file, "--episodes", "2"]) == 0
+    assert "| 10 |" in capsys.readouterr().out

@@ -224,6 +224,24 @@ def _collect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _collect_grounding_arguments(p: argparse.ArgumentParser) -> None:
+    from vla_gym.data.grounding import DEFAULT_FRAMES, DEFAULT_MAX_MOVES, MAX_FRAMES, MAX_MOVES_LIMIT, GroundingConfig
+
+    p.add_argument("--env", default=DEFAULT_ENV_ID, choices=sorted(ENV_IDS),
+                   help="the demos' env (its tasks name the objects)")
+    p.add_argument("--env-kwargs", type=env_kwargs_option, default=None, help="JSON object of extra env kwargs")
+    p.add_argument("--frames", type=int_option(1, MAX_FRAMES), default=DEFAULT_FRAMES,
+                   help="scenes to record, one frame each")
+    p.add_argument("--max-moves", type=int_option(0, MAX_MOVES_LIMIT), default=DEFAULT_MAX_MOVES,
+                   help="random arm moves after each reset (0 to this many)")
+    p.add_argument("--workers", type=WORKERS, default=2, help="worker processes (<= 1: in this process)")
+    p.add_argument("--seed", type=SEED, default=GroundingConfig(out="").seed,
+                   help="frame i comes from reset(seed=seed + i); keep it apart from demo and evaluation seeds")
+    p.add_argument("--out", required=True, help="HDF5 file to write (written under a temporary name, then renamed)")
+    _add_overwrite(p, "grounding file")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def _train_bc_arguments(p: argparse.ArgumentParser) -> None:
     from vla_gym.agents.bc import BCConfig
     from vla_gym.agents.network import WORD_CONTEXTS
@@ -236,6 +254,13 @@ def _train_bc_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=LEARNING_RATE, default=defaults.lr)
     p.add_argument("--contrastive-coef", type=COEFFICIENT, default=defaults.contrastive_coef,
                    help="weight of the InfoNCE vision-language loss (0: off)")
+    p.add_argument("--grounding-data", default=None,
+                   help="grounding file from `vla-gym collect-grounding`: scenes labelled with where the named "
+                        "object is, added to every step's auxiliary losses (no actions)")
+    p.add_argument("--grounding-coef", type=COEFFICIENT, default=defaults.grounding_coef,
+                   help="weight of the grounding frames' losses")
+    p.add_argument("--grounding-batch-size", type=int_option(1, MAX_BATCH_SIZE), default=defaults.grounding_batch_size,
+                   help="grounding frames per training step")
     p.add_argument("--language-encoder", default=defaults.network["language_encoder"],
                    help="'words' (a word encoder trained with the policy) or a sentence-transformers model, by "
                         "local directory or hub name (e.g. sentence-transformers/all-MiniLM-L6-v2), used frozen; "
@@ -417,6 +442,14 @@ def _run_collect(args: argparse.Namespace) -> None:
     print(collect_demos(config, progress=not args.no_progress, resume=args.resume, keep_partial=True).summary())
 
 
+def _run_collect_grounding(args: argparse.Namespace) -> None:
+    from vla_gym.data.grounding import GroundingConfig, collect_grounding_frames
+
+    config = GroundingConfig(out=args.out, env_id=args.env, frames=args.frames, seed=args.seed,
+                             max_moves=args.max_moves, workers=args.workers, env_kwargs=args.env_kwargs)
+    print(collect_grounding_frames(config, progress=not args.no_progress))
+
+
 def _run_export(args: argparse.Namespace) -> None:
     from vla_gym.data.minari_export import MinariNotInstalledError, export_minari
 
@@ -470,7 +503,9 @@ def _run_train_bc(args: argparse.Namespace) -> None:
 
     config = BCConfig(
         data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        contrastive_coef=args.contrastive_coef, rollout_every=args.rollout_every,
+        contrastive_coef=args.contrastive_coef, grounding_data=args.grounding_data,
+        grounding_coef=args.grounding_coef, grounding_batch_size=args.grounding_batch_size,
+        rollout_every=args.rollout_every,
         rollout_episodes=args.rollout_episodes, env_id=args.env, env_kwargs=args.env_kwargs,
         device=args.device, amp=not args.no_amp, in_memory=not args.lazy, num_workers=args.num_workers,
         seed=args.seed, resume=args.resume, progress=not args.no_progress,
@@ -555,13 +590,16 @@ def _run_benchmark(args: argparse.Namespace) -> None:
 
 
 RUNNERS = {
-    "render": _run_render, "collect": _run_collect, "train-bc": _run_train_bc, "train-ppo": _run_train_ppo,
+    "render": _run_render, "collect": _run_collect, "collect-grounding": _run_collect_grounding,
+    "train-bc": _run_train_bc, "train-ppo": _run_train_ppo,
     "evaluate": _run_evaluate, "benchmark": _run_benchmark, "export": _run_export,
 }
 #: Each command: its one-line help and the function that adds its options.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "render": ("save a PNG of an observation (RGB | depth), or of several envs' scenes", _render_arguments),
     "collect": ("record scripted-expert demos into an HDF5 file", _collect_arguments),
+    "collect-grounding": ("record scenes labelled with where the named object is (BC's grounding frames)",
+                          _collect_grounding_arguments),
     "train-bc": ("behaviour-clone the VLA actor-critic from a demo file", _train_bc_arguments),
     "train-ppo": ("fine-tune a BC checkpoint with PPO (stable-baselines3)", _train_ppo_arguments),
     "evaluate": ("success rate of a policy on fixed seeds (95%% Wilson interval)", _evaluate_arguments),

@@ -205,8 +205,19 @@ def _checks_collect(args: argparse.Namespace) -> None:
     claim_collect_output(args.out, "--out", resume=args.resume, overwrite=args.overwrite, shards=args.shards)
 
 
+def _checks_collect_grounding(args: argparse.Namespace) -> None:
+    check_env_kwargs(args.env, args.env_kwargs)
+    out = Path(args.out)
+    if out.is_dir():
+        raise OptionError(f"--out {args.out!r} is a directory; give the path of the HDF5 file to write")
+    if out.exists() and not args.overwrite:
+        raise OptionError(f"--out {args.out!r} exists; pass --overwrite to replace it, or give another path")
+
+
 def _checks_train_bc(args: argparse.Namespace) -> None:
     check_demo_input(args.data, "--data")
+    if args.grounding_data is not None:
+        check_input_file(args.grounding_data, "--grounding-data")
     check_language_encoder(args.language_encoder, "--language-encoder")
     if args.env_kwargs is not None and args.env is None:
         from vla_gym.data.dataset import read_env_args
@@ -294,6 +305,7 @@ def _checks_export(args: argparse.Namespace) -> None:
 CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "render": _checks_render,
     "collect": _checks_collect,
+    "collect-grounding": _checks_collect_grounding,
     "train-bc": _checks_train_bc,
     "train-ppo": _checks_train_ppo,
     "evaluate": _checks_evaluate,

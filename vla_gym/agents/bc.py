@@ -14,7 +14,10 @@ optional contrastive term:
   CNN alone, and then with the offset head, reached 0-3 % rollout success after 8-10
   epochs;
 * ``contrastive_coef`` (off by default): a symmetric InfoNCE loss between the pre-FiLM
-  vision summary and the instruction embedding.
+  vision summary and the instruction embedding;
+* ``grounding_data`` (off by default): the two auxiliary terms again, on a batch of
+  grounding frames per step (:mod:`vla_gym.data.grounding`: scenes without an expert,
+  labelled with where the named object is), weighted by ``grounding_coef``.
 
 Outputs in ``out``: ``policy.pt`` (best weights by rollout success, then validation
 loss), ``last.pt`` (full training state, for ``resume``), ``config.json``,
@@ -81,7 +84,13 @@ AUGMENT_SEED_STRIDE = 1_000_003
 INT_BOUNDS: dict[str, tuple[int, int | None]] = {
     "epochs": (1, 100_000), "batch_size": (1, 65_536), "warmup_steps": (0, None), "rollout_every": (0, None),
     "rollout_episodes": (0, 100_000), "checkpoint_every": (0, None), "num_workers": (0, 256), "seed": (0, MAX_SEED),
+    "grounding_batch_size": (1, 65_536),
 }
+#: BCConfig fields added since BC checkpoints were first written, with the value a run
+#: without them had (so its ``last.pt`` still resumes).
+BC_FIELDS_ADDED: dict[str, Any] = {"grounding_data": None, "grounding_coef": 1.0, "grounding_batch_size": 64}
+#: The grounding-frame sampler of rank r is seeded with ``seed + GROUNDING_SEED_OFFSET + r``.
+GROUNDING_SEED_OFFSET = 7_919
 #: Entries of a BC ``last.pt`` besides the weights, and keys of its meta.
 TRAINING_STATE_KEYS = ("optimizer", "scheduler", "scaler", "augment_rng", "torch_rng")
 TRAINING_META_KEYS = ("bc", "step", "epoch", "batch_in_epoch", "history", "best")
@@ -108,6 +117,13 @@ class BCConfig:
         gamma: discount of those returns.
         contrastive_coef: weight of the InfoNCE vision-language loss (0 = off).
         contrastive_temperature: its temperature.
+        grounding_data: a grounding file (``vla-gym collect-grounding``,
+            :mod:`vla_gym.data.grounding`): scenes with the instruction and where the object it
+            names is, no actions. Each training step adds the two auxiliary losses (goal offset
+            and attention, weighted by ``target_coef`` and ``attention_coef``) on
+            ``grounding_batch_size`` of its frames, times ``grounding_coef``. None: off.
+        grounding_coef: weight of that term.
+        grounding_batch_size: grounding frames per training step (per process).
         paraphrase_prob: chance an item's instruction is re-phrased from the train templates.
         augment: image augmentation strengths (:class:`AugmentConfig` fields).
         network: network sizes (:class:`NetworkConfig` fields).
@@ -139,6 +155,9 @@ class BCConfig:
     gamma: float = 0.99
     contrastive_coef: float = 0.0
     contrastive_temperature: float = 0.1
+    grounding_data: str | None = None
+    grounding_coef: float = 1.0
+    grounding_batch_size: int = 64
     paraphrase_prob: float = 0.5
     augment: dict[str, Any] = field(default_factory=lambda: dataclasses.asdict(AugmentConfig()))
     network: dict[str, Any] = field(default_factory=lambda: NetworkConfig().to_dict())
@@ -162,7 +181,10 @@ class BCConfig:
             setattr(self, name, bounded_int(name, getattr(self, name), low, high))
         for name in ("lr", "contrastive_temperature"):
             setattr(self, name, finite_float(name, getattr(self, name), 0.0, low_open=True))
-        for name in ("weight_decay", "grad_clip", "value_coef", "target_coef", "attention_coef", "contrastive_coef"):
+        if self.grounding_data is not None and not isinstance(self.grounding_data, str):
+            raise ValueError(f"grounding_data must be a grounding file's path or None, got {self.grounding_data!r}")
+        for name in ("weight_decay", "grad_clip", "value_coef", "target_coef", "attention_coef", "contrastive_coef",
+                     "grounding_coef"):
             setattr(self, name, finite_float(name, getattr(self, name), 0.0))
         for name in ("gamma", "paraphrase_prob", "min_lr_ratio"):
             setattr(self, name, finite_float(name, getattr(self, name), 0.0, 1.0))
@@ -260,6 +282,12 @@ class _Losses(torch.nn.Module):
         if per_frame:
             out["nll_per_frame"] = -log_prob.float().detach() / actions.shape[1]
             out["action_mse_per_frame"] = squared_error.mean(dim=1)
+        if "grounding" in batch:
+            target, attention = self._grounding_losses(batch["grounding"])
+            loss = loss + self.config.grounding_coef * (
+                self.config.target_coef * target + self.config.attention_coef * attention
+            )
+            out["grounding_target_loss"], out["grounding_attention_loss"] = target, attention
         if self.config.contrastive_coef > 0:
             same_goal = extractor.same_instruction(obs["instruction"])  # same instruction: not a negative
             contrastive = info_nce(
@@ -269,6 +297,16 @@ class _Losses(torch.nn.Module):
             out["infonce"] = contrastive
         out["loss"] = loss
         return out
+
+
+    def _grounding_losses(self, frames: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(goal-offset loss, attention loss) on a batch of grounding frames (no actions)."""
+        extractor = self.policy.features_extractor
+        extractor.keep_auxiliary = True
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            extractor({k: frames[k] for k in OBS_KEYS})
+        extractor.keep_auxiliary = False
+        return auxiliary_losses(extractor.pop_auxiliary(), frames["target_offset"], frames["target_uv"])
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -407,6 +445,38 @@ class _NullWriter:
         pass
 
 
+class _GroundingSampler:
+    """Random batches of a grounding file's frames (``BCConfig.grounding_data``) on the device,
+    from a generator of their own (saved in ``last.pt``)."""
+
+    KEYS = (*OBS_KEYS, "target_offset", "target_uv")
+
+    def __init__(self, config: BCConfig, env_args: dict[str, Any], device: torch.device, rank: int) -> None:
+        from vla_gym.data.grounding import read_grounding_frames
+
+        frames = read_grounding_frames(config.grounding_data)
+        env_config = env_args["env_config"]
+        if frames.image_size != env_config["image_size"]:
+            raise ValueError(
+                f"grounding file {config.grounding_data!r} has {frames.image_size} px images and the demos "
+                f"{env_config['image_size']} px; collect the grounding frames with the demos' image_size"
+            )
+        foreign = sorted(set(frames.tasks) - set(env_config["tasks"]))
+        if foreign:
+            raise ValueError(
+                f"grounding file {config.grounding_data!r} holds tasks {foreign} that the demos' env "
+                f"({env_args['env_name']}, tasks {list(env_config['tasks'])}) lacks: the policy's vocabulary comes "
+                "from the demos' tasks; collect the frames on the demos' env"
+            )
+        self.tensors = {key: torch.from_numpy(frames.arrays[key]) for key in self.KEYS}
+        self.generator = torch.Generator().manual_seed(config.seed + GROUNDING_SEED_OFFSET + rank)
+        self.batch_size, self.device = config.grounding_batch_size, device
+
+    def sample(self) -> dict[str, torch.Tensor]:
+        index = torch.randint(len(self.tensors["rgb"]), (self.batch_size,), generator=self.generator)
+        return {key: value[index].to(self.device, non_blocking=True) for key, value in self.tensors.items()}
+
+
 class _BCTrainer:
     """The state of one BC run: data, policy, optimiser, schedule, every random source, and
     the counters; trains an epoch, evaluates it, saves and restores ``last.pt``."""
@@ -442,6 +512,9 @@ class _BCTrainer:
         self.augment = AugmentConfig(**config.augment)
         # Each rank augments its own share of a batch with its own stream (rank 0: the single-process one).
         self.augment_generator = torch.Generator(device=device).manual_seed(config.seed + AUGMENT_SEED_STRIDE * context.rank)
+        self.grounding = (
+            None if config.grounding_data is None else _GroundingSampler(config, env_args, device, context.rank)
+        )
         self.losses = _Losses(self.policy, config, device)
         self.train_losses: torch.nn.Module = self.losses
         if context.enabled:
@@ -478,6 +551,7 @@ class _BCTrainer:
             self.last_path, self.policy, self.meta(), optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
             augment_rng=self.augment_generator.get_state(), running=dict(self.running), **capture_torch_rng(),
+            **({} if self.grounding is None else {"grounding_rng": self.grounding.generator.get_state()}),
         )
 
     def restore(self) -> None:
@@ -490,6 +564,8 @@ class _BCTrainer:
         self.scaler.load_state_dict(state["scaler"])
         augment_rng = state["augment_rng"]
         self.augment_generator.set_state(augment_rng.cpu() if self.device.type == "cpu" else augment_rng)
+        if self.grounding is not None and "grounding_rng" in state:
+            self.grounding.generator.set_state(state["grounding_rng"].cpu())
         restore_torch_rng(state)
         meta = state["meta"]
         restore_host_rng(meta.get("rng"))
@@ -529,6 +605,8 @@ class _BCTrainer:
     def _train_step(self, batch: dict[str, torch.Tensor], writer: Any, bar: Any, global_size: int) -> None:
         config, policy, optimizer = self.config, self.policy, self.optimizer
         batch = augment_batch(_to_device(batch, self.device), self.augment, self.augment_generator)
+        if self.grounding is not None:
+            batch["grounding"] = augment_batch(self.grounding.sample(), self.augment, self.augment_generator)
         terms = self.train_losses(batch)
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()
@@ -656,6 +734,7 @@ def _load_training_state(path: Path, config: BCConfig, device: torch.device, fin
     check_training_state(
         path, state, "bc", config.to_dict(), meta_keys=TRAINING_META_KEYS, state_keys=TRAINING_STATE_KEYS,
         may_change=RESUMABLE_CHANGES, remedy="resume a train-bc run directory, or train into a new out directory",
+        added=BC_FIELDS_ADDED,
     )
     saved = state["meta"].get("data_fingerprint")
     if saved is not None and saved != fingerprint:

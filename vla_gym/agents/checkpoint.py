@@ -360,6 +360,7 @@ def check_training_state(
     may_change: frozenset[str],
     remedy: str,
     guess: str | None = None,
+    added: dict[str, Any] | None = None,
 ) -> None:
     """Check that ``state`` (a read ``last.pt``) is a ``kind`` ("bc", "ppo") training
     checkpoint made with the run config ``config`` up to the fields in ``may_change``;
@@ -370,6 +371,8 @@ def check_training_state(
             run config is ``meta[kind]``, a dict.
         remedy: what to do instead, and ``guess``: what the file may be, for the message
             when ``state`` is not such a checkpoint.
+        added: run-config fields added since checkpoints were first written, with the value
+            that a checkpoint without the field ran with.
     """
     meta = state["meta"]
     missing = [k for k in meta_keys if k not in meta] + [k for k in state_keys if k not in state]
@@ -378,7 +381,7 @@ def check_training_state(
         raise CheckpointError(
             f"cannot resume {str(path)!r}: it is not a {kind.upper()} training checkpoint ({lacks}); {remedy}"
         )
-    differ = resume_differences(meta[kind], config, may_change)
+    differ = resume_differences({**(added or {}), **meta[kind]}, config, may_change)
     if differ:
         raise CheckpointError(f"cannot resume {str(path)!r} with another config: " + "; ".join(differ))
 
