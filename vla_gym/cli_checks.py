@@ -207,9 +207,7 @@ def _checks_collect(args: argparse.Namespace) -> None:
 
 def _checks_collect_grounding(args: argparse.Namespace) -> None:
     check_env_kwargs(args.env, args.env_kwargs)
-    out = Path(args.out)
-    if out.is_dir():
-        raise OptionError(f"--out {args.out!r} is a directory; give the path of the HDF5 file to write")
+    out = check_output_file(args.out, "--out")
     if out.exists() and not args.overwrite:
         raise OptionError(f"--out {args.out!r} exists; pass --overwrite to replace it, or give another path")
 

@@ -265,10 +265,7 @@ def _check_frames(arrays: dict[str, np.ndarray], tasks: tuple[str, ...], path: s
     counts = {key: len(value) for key, value in arrays.items()}
     if len(set(counts.values())) != 1 or not counts["rgb"]:
         raise GroundingDataError(f"{path!r}: the datasets must hold the same number (>= 1) of frames, got {counts}")
-    size = arrays["rgb"].shape[1]
-    for key in ("rgb", "depth"):
-        if arrays[key].shape[1:3] != (size, size):
-            raise GroundingDataError(f"{path!r}: {key!r} frames are {arrays[key].shape[1:3]}, not square {size}x{size}")
+    size = arrays["rgb"].shape[1]  # images are square: every image shape is checked against it
     for key, (_, shape) in FRAME_KEYS.items():
         wanted = tuple(size if side is None else side for side in shape)
         if arrays[key].shape[1:] != wanted:
