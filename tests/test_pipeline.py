@@ -9,6 +9,7 @@ import pytest
 from vla_gym import pipeline
 from vla_gym.cli import train_agent_main
 from vla_gym.data.dataset import read_env_args
+from vla_gym.data.grounding import read_grounding_frames
 from vla_gym.evaluation import wilson_interval
 from vla_gym.pipeline import POLICIES, SPLITS, AgentConfig, train_agent
 
@@ -24,8 +25,10 @@ TINY = dict(
 
 def test_train_agent_writes_a_report_of_what_it_measured_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "agent"
-    # Demos from randomised cameras: BC reads them from the demo file (and its env checks agree).
-    config = AgentConfig(out=str(out), **{**TINY, "demo_env_kwargs": {"camera_jitter": [0.03, 3.0]}})
+    # Demos from randomised cameras: BC reads them from the demo file (and its env checks agree);
+    # grounding frames from the same cameras, a stage of their own that BC reads.
+    config = AgentConfig(out=str(out), **{**TINY, "demo_env_kwargs": {"camera_jitter": [0.03, 3.0]},
+                                          "grounding_frames": 12})
     real_ppo = pipeline._run_ppo
 
     def interrupted(*args, **kwargs):
@@ -35,7 +38,9 @@ def test_train_agent_writes_a_report_of_what_it_measured_and_resumes(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         train_agent(config)
     stages = json.loads((out / "stages.json").read_text())
-    assert stages["demos"]["done"] and stages["bc"]["done"] and not stages["ppo"]["done"]
+    assert stages["demos"]["done"] and stages["grounding"]["done"] and stages["bc"]["done"] and not stages["ppo"]["done"]
+    bc_log = [json.loads(line) for line in (out / "bc" / "metrics.jsonl").read_text().splitlines()]
+    assert "train_grounding_target_loss" in bc_log[-1]  # BC trained on the grounding frames
     bc_mtime = (out / "bc" / "policy.pt").stat().st_mtime_ns
 
     monkeypatch.setattr(pipeline, "_run_ppo", real_ppo)
@@ -68,6 +73,12 @@ def test_train_agent_writes_a_report_of_what_it_measured_and_resumes(tmp_path, m
     with pytest.raises(ValueError, match="another config"):
         train_agent(AgentConfig(out=str(out), **{**TINY, "eval_episodes": 3}))
     assert read_env_args(out / "demos.h5")["env_kwargs"] == {"camera_jitter": [0.03, 3.0]}
+    frames = read_grounding_frames(out / "grounding.h5")
+    assert len(frames) == 12 and frames.env_args["env_kwargs"] == {"camera_jitter": [0.03, 3.0]}
+    assert list(saved["stages"]) == ["demos", "grounding", "bc", "ppo", "evaluation"]
+    commands = "\n".join(saved["commands"])
+    assert "vla-gym collect-grounding --env VLAPick-v0 --frames 12 " in commands
+    assert f"--grounding-data {out / 'grounding.h5'}" in commands
 
 
 def test_presets_are_valid_configs(tmp_path):
@@ -149,3 +160,15 @@ def test_multitask_run_collects_balanced_demos_and_reports_a_row_per_task(tmp_pa
         AgentConfig(out=str(tmp_path / "x"), **{**TINY, "demo_episodes_per_task": 3})
     with pytest.raises(ValueError, match="policies must be a non-empty list of"):
         AgentConfig(out=str(tmp_path / "x"), **{**TINY, "policies": ["expert"]})
+
+
+def test_a_run_directory_from_before_grounding_frames_continues(tmp_path):
+    config = AgentConfig(out=str(tmp_path), **TINY)
+    saved = config.to_dict()
+    del saved["grounding_frames"]  # written before the field existed
+    (tmp_path / "agent_config.json").write_text(json.dumps(saved))
+    pipeline._claim_run_directory(tmp_path, config)  # the same run: accepted
+    with pytest.raises(ValueError, match="another config.*grounding_frames"):
+        pipeline._claim_run_directory(tmp_path, AgentConfig(out=str(tmp_path), **{**TINY, "grounding_frames": 5}))
+    with pytest.raises(ValueError, match="grounding_frames must be >= 0"):
+        AgentConfig(out=str(tmp_path), **{**TINY, "grounding_frames": -1})

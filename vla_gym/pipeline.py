@@ -1,8 +1,11 @@
 """``train-agent``: scripted demos -> behaviour cloning -> PPO fine-tuning -> evaluation report.
 
-:func:`train_agent` runs four stages into one run directory::
+:func:`train_agent` runs four stages (five with grounding frames) into one run directory::
 
     out/demos.h5              vla-gym collect       (scripted expert, HDF5)
+    out/grounding.h5          vla-gym collect-grounding  (only with ``grounding_frames > 0``:
+                                                     scenes labelled with where the named
+                                                     object is, for BC's auxiliary losses)
     out/bc/                   vla-gym train-bc      (policy.pt, last.pt, tb/, metrics.jsonl)
     out/ppo/                  vla-gym train-ppo     (policy.pt, last.pt, tb/, metrics.jsonl)
     out/eval/<policy>_<split>[_<task>].json         (one file per policy, split and, on a
@@ -52,10 +55,15 @@ REPORT_SPLITS: dict[str, dict[str, Any]] = {
 #: that ignores the instruction and goes for the scene's usual goal fails.
 SWAP_SPLITS = frozenset({"switched_goal"})
 SPLITS = ("train", "test")  # the default
-STAGES = ("demos", "bc", "ppo", "evaluation")
+STAGES = ("demos", "grounding", "bc", "ppo", "evaluation")
+#: Grounding frames start at this seed: apart from demos (0+), report (100 000+), PPO's
+#: evaluations (300 000+) and BC's rollout checks (10 000 000+).
+GROUNDING_SEED = 5_000_000
 VIDEO_FILE = "final_policy.mp4"
 #: Fields of the config that may change when a run is continued.
 RESUMABLE_CHANGES = frozenset({"device", "progress", "eval_workers", "backend", "ray_address"})
+#: Config fields added since the first runs, with the value a run made before them had.
+AGENT_FIELDS_ADDED: dict[str, Any] = {"grounding_frames": 0}
 
 #: ``quick`` runs in minutes on a laptop CPU (a smoke test of the whole pipeline);
 #: ``full`` is the configuration behind the figures in benchmarks/RESULTS.md.
@@ -70,9 +78,9 @@ PPO_SETTINGS: dict[str, Any] = {
     "detach_critic": True, "trunk_lr_scale": 0.0, "sil_coef": 1.0, "shaping": 1.0, "start_log_std": -1.6,
 }
 
-#: The network of the pick presets: the order-free word encoder their figures in
-#: benchmarks/RESULTS.md were measured with (a pick instruction names one object, so word
-#: order tells nothing; the order-aware default, "gru", is for the task suite).
+#: The network of the full preset: the order-free word encoder its figures in
+#: benchmarks/RESULTS.md were measured with. The quick preset has the order-aware default
+#: ("gru"), 18 points better on pick in the ablation table of benchmarks/RESULTS.md.
 PICK_NETWORK: dict[str, Any] = {"word_context": "bag"}
 
 #: ``quick`` runs in minutes on a laptop CPU (the README's main job); ``full`` is the
@@ -80,12 +88,17 @@ PICK_NETWORK: dict[str, Any] = {"word_context": "bag"}
 #: during PPO and a camera-jitter split in the report.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
-        # Fewer demos or epochs leave BC at a few %: the grounding attention has not locked on
-        # to the named object yet (400 demos x 6 epochs gave 3 %; 1000 x 3 leaves about 30 %,
-        # which PPO did not lift above 60 % in this budget: benchmarks/RESULTS.md).
-        "demo_episodes": 1000,
-        "bc": {"epochs": 6, "rollout_every": 0, "network": PICK_NETWORK},
-        "ppo": {**PPO_SETTINGS, "timesteps": 16_384, "eval_every": 4096, "eval_episodes": 30},
+        # PPO's showcase: a BC start that is weak for want of demos, not of training. 30 demos
+        # teach the motion; grounding frames (scenes without an expert, labelled with where the
+        # named object is) teach the trunk to find the object, and PPO (trunk frozen) then lifts
+        # the heads by self-imitation of its own successes (benchmarks/RESULTS.md, "The quick
+        # preset: 30 demos and grounding frames"). With 1000 demos BC alone reaches ~90 %, which
+        # leaves PPO nothing to show; with 1000 demos x 3 epochs the trunk itself is weak and
+        # PPO did not lift it (same file, "PPO from a weak BC start").
+        "demo_episodes": 30,
+        "grounding_frames": 10_000,
+        "bc": {"epochs": 100, "rollout_every": 0},
+        "ppo": {**PPO_SETTINGS, "timesteps": 24_576, "eval_every": 8192, "eval_episodes": 50},
         "eval_episodes": 100,
     },
     "full": {
@@ -132,6 +145,10 @@ class AgentConfig:
         demo_env_kwargs: env kwargs of the demo collection only (e.g. ``{"camera_jitter":
             [0.03, 3.0]}``: demos from randomised cameras); BC reads them from the demo file.
             None: the env's defaults.
+        grounding_frames: scenes without an expert, labelled with where the named object is
+            (``vla-gym collect-grounding``, :mod:`vla_gym.data.grounding`), collected after
+            the demos with the demos' env kwargs and given to BC (``grounding_data``); 0: none.
+            They let BC learn the grounding from few demos (benchmarks/RESULTS.md, "Grounding frames").
         bc: :class:`~vla_gym.agents.bc.BCConfig` fields (besides data, out, device, seed).
         ppo: :class:`~vla_gym.agents.ppo.PPOConfig` fields (besides init, out, env, device, seed).
         eval_episodes: episodes per policy and split (and task, on a multi-task env) in the report.
@@ -156,6 +173,7 @@ class AgentConfig:
     demo_episodes_per_task: int | None = None
     demo_workers: int = 2
     demo_env_kwargs: dict[str, Any] | None = None
+    grounding_frames: int = 0
     bc: dict[str, Any] = field(default_factory=dict)
     ppo: dict[str, Any] = field(default_factory=dict)
     eval_episodes: int = 200
@@ -177,7 +195,7 @@ class AgentConfig:
         for name in ("demo_episodes", "eval_episodes", "eval_workers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("demo_workers", "video_episodes", "eval_seed"):
+        for name in ("demo_workers", "video_episodes", "eval_seed", "grounding_frames"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not isinstance(self.splits, (list, tuple)) or not self.splits or set(self.splits) - set(REPORT_SPLITS):
@@ -199,7 +217,7 @@ class AgentConfig:
                 env_config_dict(self.env_id, self.demo_env_kwargs)
             except (TypeError, ValueError) as err:
                 raise ValueError(f"demo_env_kwargs {self.demo_env_kwargs!r} for {self.env_id}: {err}") from None
-        for name, reserved in (("bc", {"data", "out", "device", "seed", "resume", "progress"}),
+        for name, reserved in (("bc", {"data", "out", "device", "seed", "resume", "progress", "grounding_data"}),
                                ("ppo", {"init", "out", "env_id", "device", "seed", "resume", "progress"})):
             clash = sorted(reserved & set(getattr(self, name)))
             if clash:
@@ -207,6 +225,13 @@ class AgentConfig:
         # Build the stage configs once, so a bad field fails now rather than after the demos.
         self.bc_config(Path(self.out))
         self.ppo_config(Path(self.out))
+        if self.grounding_frames:
+            self.grounding_config(Path(self.out))
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages this run has, in order (the grounding stage only with ``grounding_frames``)."""
+        return tuple(s for s in STAGES if s != "grounding" or self.grounding_frames)
 
     def _check_tasks(self) -> None:
         from vla_gym.envs.registration import ENV_IDS
@@ -250,9 +275,19 @@ class AgentConfig:
     def bc_config(self, out: Path):
         from vla_gym.agents.bc import BCConfig
 
+        grounding = str(out / "grounding.h5") if self.grounding_frames else None
         return BCConfig(
             data=str(out / "demos.h5"), out=str(out / "bc"), env_id=self.env_id, env_kwargs=self.demo_env_kwargs,
-            device=self.device, seed=self.seed, resume=True, progress=self.progress, **self.bc,
+            device=self.device, seed=self.seed, resume=True, progress=self.progress, grounding_data=grounding,
+            **self.bc,
+        )
+
+    def grounding_config(self, out: Path):
+        from vla_gym.data.grounding import GroundingConfig
+
+        return GroundingConfig(
+            out=str(out / "grounding.h5"), env_id=self.env_id, frames=self.grounding_frames,
+            seed=GROUNDING_SEED + self.seed, workers=self.demo_workers, env_kwargs=self.demo_env_kwargs,
         )
 
     def ppo_config(self, out: Path):
@@ -318,7 +353,10 @@ def train_agent(config: AgentConfig) -> dict[str, Any]:
     _claim_run_directory(out, config)
     stages = _Stages(out / "stages.json")
     skipped: dict[str, bool] = {}
-    for stage, run in (("demos", _run_demos), ("bc", _run_bc), ("ppo", _run_ppo), ("evaluation", _run_evaluation)):
+    runs = {"demos": _run_demos, "grounding": _run_grounding, "bc": _run_bc, "ppo": _run_ppo,
+            "evaluation": _run_evaluation}
+    for stage in config.stages:
+        run = runs[stage]
         skipped[stage] = stages.done(stage)
         if skipped[stage]:
             _say(config, f"[train-agent] {stage}: complete already, skipped")
@@ -350,7 +388,8 @@ def _claim_run_directory(out: Path, config: AgentConfig) -> None:
 
     path = out / "agent_config.json"
     if path.exists():
-        differ = resume_differences(read_json_file(path, "the run's config"), config.to_dict(), RESUMABLE_CHANGES)
+        saved = {**AGENT_FIELDS_ADDED, **read_json_file(path, "the run's config")}
+        differ = resume_differences(saved, config.to_dict(), RESUMABLE_CHANGES)
         if differ:
             raise ValueError(
                 f"{str(out)!r} holds a train-agent run with another config ({'; '.join(differ)}); "
@@ -371,6 +410,14 @@ def _run_demos(config: AgentConfig, out: Path) -> str:
         progress=config.progress, resume=True, keep_partial=True,  # a killed collection continues on rerun
     )
     return result.summary()
+
+
+def _run_grounding(config: AgentConfig, out: Path) -> str:
+    """Grounding frames for BC; the file is written whole (temporary name, then renamed), so
+    an interrupted stage starts over and a finished file is replaced by the same frames."""
+    from vla_gym.data.grounding import collect_grounding_frames
+
+    return collect_grounding_frames(config.grounding_config(out), progress=config.progress)
 
 
 def _run_bc(config: AgentConfig, out: Path) -> str:
@@ -529,7 +576,7 @@ def build_report(config: AgentConfig, out: Path, stages: _Stages, skipped: dict[
     stage_table = {
         name: {"seconds": stages.data[name]["seconds"], "skipped": skipped.get(name, False),
                "summary": stages.data[name].get("summary", ""), "attempts": stages.data[name]["attempts"]}
-        for name in STAGES
+        for name in config.stages
     }
     notes = [
         f"The PPO learning curve is measured on its own {ppo.eval_episodes} seeds from {ppo.eval_seed} "
@@ -573,6 +620,16 @@ def build_report(config: AgentConfig, out: Path, stages: _Stages, skipped: dict[
     }
 
 
+def _grounding_command(config: AgentConfig, out: Path) -> str:
+    grounding = config.grounding_config(out)
+    return (
+        f"vla-gym collect-grounding --env {grounding.env_id} --frames {grounding.frames} --workers {grounding.workers} "
+        f"--seed {grounding.seed}"
+        + (f" --env-kwargs {shlex.quote(json.dumps(grounding.env_kwargs))}" if grounding.env_kwargs else "")
+        + f" --out {shlex.quote(grounding.out)}"
+    )
+
+
 def _commands(config: AgentConfig, out: Path) -> list[str]:
     """The command that made this run, and the stage commands it is equivalent to."""
     q = shlex.quote
@@ -587,8 +644,10 @@ def _commands(config: AgentConfig, out: Path) -> list[str]:
         + f" --workers {config.demo_workers} --seed {config.seed}"
         + (f" --env-kwargs {q(json.dumps(config.demo_env_kwargs))}" if config.demo_env_kwargs else "")
         + f" --out {q(bc.data)}",
+        *([] if not config.grounding_frames else [_grounding_command(config, out)]),
         f"vla-gym train-bc --data {q(bc.data)} --out {q(bc.out)} --epochs {bc.epochs} --batch-size {bc.batch_size} "
         f"--rollout-every {bc.rollout_every} --rollout-episodes {bc.rollout_episodes} --seed {config.seed}"
+        + (f" --grounding-data {q(bc.grounding_data)}" if bc.grounding_data else "")
         + (f" --word-context {bc.network['word_context']}" if "word_context" in bc.network else "")
         + (" --destination-head" if bc.network.get("destination_head") else ""),
         f"vla-gym train-ppo --init {q(ppo.init)} --env {ppo.env_id} --timesteps {ppo.timesteps} --n-envs {ppo.n_envs} "

@@ -53,7 +53,7 @@ THRESHOLD_COLOUR = "tab:red"
 #: Rows of the success-rate table come in this order; other policies follow, sorted.
 POLICY_ORDER = ("scripted", "random", "bc", "bc+ppo")
 #: Rows of the wall-clock table come in this order; other stages follow, sorted.
-STAGE_ORDER = ("demos", "bc", "ppo", "evaluation")
+STAGE_ORDER = ("demos", "grounding", "bc", "ppo", "evaluation")
 MISSING_CELL = "n/a"
 
 REQUIRED_KEYS = (
