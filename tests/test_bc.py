@@ -177,3 +177,28 @@ def test_single_task_validation_keeps_its_keys(demo_file, tmp_path):
     result = train_bc(tiny_config(demo_file, tmp_path / "run", epochs=1))
     assert [k for k in result.history[-1] if "/" in k] == []
     assert {"valid_nll", "valid_action_mse", "valid_loss"} <= set(result.history[-1])
+
+
+def test_gripper_change_repeats_mark_the_frames_around_a_grasp_in_one_episode():
+    # Episode A closes at step 2; episode B starts open right after A ends closed (not a change).
+    gripper = [-1, -1, 1, 1, 1, 1] + [-1, -1, -1]
+    actions = np.zeros((9, 4), np.float32)
+    actions[:, 3] = gripper
+    repeats = bc_module.gripper_change_repeats(actions, np.array([0, 6, 9]), window=1, repeat=3)
+    assert repeats.tolist() == [1, 3, 3, 3, 1, 1, 1, 1, 1]
+    assert bc_module.gripper_change_repeats(actions, np.array([0, 6, 9]), window=0, repeat=3).tolist() == [
+        1, 1, 3, 1, 1, 1, 1, 1, 1]
+    order = bc_module._epoch_order(9, 0, 0, repeats)
+    assert np.bincount(order, minlength=9).tolist() == repeats.tolist()
+
+
+def test_gripper_repeat_lengthens_the_epoch_by_the_repeated_frames(demo_file, tmp_path):
+    plain = train_bc(tiny_config(demo_file, tmp_path / "plain", epochs=1, batch_size=16))
+    dataset = DemoDataset(demo_file, "train", in_memory=True)
+    repeats = bc_module.gripper_change_repeats(dataset.actions(), dataset.starts, 2, 4)
+    assert repeats.max() == 4 and repeats.sum() > len(dataset)  # the demos grasp
+    assert np.array_equal(DemoDataset(demo_file, "train").actions(), dataset.actions())  # lazy reads agree
+    repeated = train_bc(tiny_config(demo_file, tmp_path / "rep", epochs=1, batch_size=16, gripper_repeat=4))
+    assert plain.steps == -(-len(dataset) // 16) and repeated.steps == -(-int(repeats.sum()) // 16)
+    with pytest.raises(ValueError, match="gripper_repeat"):
+        tiny_config(demo_file, tmp_path / "x", gripper_repeat=0)

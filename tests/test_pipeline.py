@@ -127,6 +127,15 @@ def test_demo_env_kwargs_are_in_the_commands_and_bad_ones_fail_before_any_stage(
         AgentConfig(out=str(tmp_path / "x"), **{**TINY, "demo_env_kwargs": {"camera_jitter": [5.0, 3.0]}})
     with pytest.raises(ValueError, match="demo_env_kwargs must be a dict"):
         AgentConfig(out=str(tmp_path / "x"), **{**TINY, "demo_env_kwargs": [0.03, 3.0]})
+    # Grounding frames take the demos' kwargs unless given their own.
+    with_frames = AgentConfig(out=str(tmp_path / "f"), **{**TINY, "demo_env_kwargs": jitter, "grounding_frames": 10})
+    assert with_frames.grounding_config(tmp_path).env_kwargs == jitter
+    own = AgentConfig(out=str(tmp_path / "g"), **{**TINY, "grounding_frames": 10, "grounding_env_kwargs": {}})
+    assert own.grounding_config(tmp_path).env_kwargs == {}
+    assert "collect-grounding --env VLAPick-v0 --frames 10 --workers 0 --seed 5000000 --out" in "\n".join(
+        pipeline._commands(own, tmp_path))
+    with pytest.raises(ValueError, match="grounding_env_kwargs .*camera_jitter"):
+        AgentConfig(out=str(tmp_path / "x"), **{**TINY, "grounding_env_kwargs": {"camera_jitter": [5.0, 3.0]}})
 
 
 def test_multitask_run_collects_balanced_demos_and_reports_a_row_per_task(tmp_path):

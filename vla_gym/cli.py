@@ -261,6 +261,10 @@ def _train_bc_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of the grounding frames' losses")
     p.add_argument("--grounding-batch-size", type=int_option(1, MAX_BATCH_SIZE), default=defaults.grounding_batch_size,
                    help="grounding frames per training step")
+    p.add_argument("--gripper-repeat", type=int_option(1, 100), default=defaults.gripper_repeat,
+                   help="repeat the frames around a grasp or release this many times per epoch (1: off)")
+    p.add_argument("--gripper-window", type=int_option(0, 100), default=defaults.gripper_window,
+                   help="frames at most this many steps from a gripper change count as around it")
     p.add_argument("--language-encoder", default=defaults.network["language_encoder"],
                    help="'words' (a word encoder trained with the policy) or a sentence-transformers model, by "
                         "local directory or hub name (e.g. sentence-transformers/all-MiniLM-L6-v2), used frozen; "
@@ -505,6 +509,7 @@ def _run_train_bc(args: argparse.Namespace) -> None:
         data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         contrastive_coef=args.contrastive_coef, grounding_data=args.grounding_data,
         grounding_coef=args.grounding_coef, grounding_batch_size=args.grounding_batch_size,
+        gripper_repeat=args.gripper_repeat, gripper_window=args.gripper_window,
         rollout_every=args.rollout_every,
         rollout_episodes=args.rollout_episodes, env_id=args.env, env_kwargs=args.env_kwargs,
         device=args.device, amp=not args.no_amp, in_memory=not args.lazy, num_workers=args.num_workers,

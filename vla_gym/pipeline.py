@@ -63,7 +63,7 @@ VIDEO_FILE = "final_policy.mp4"
 #: Fields of the config that may change when a run is continued.
 RESUMABLE_CHANGES = frozenset({"device", "progress", "eval_workers", "backend", "ray_address"})
 #: Config fields added since the first runs, with the value a run made before them had.
-AGENT_FIELDS_ADDED: dict[str, Any] = {"grounding_frames": 0}
+AGENT_FIELDS_ADDED: dict[str, Any] = {"grounding_frames": 0, "grounding_env_kwargs": None}
 
 #: ``quick`` runs in minutes on a laptop CPU (a smoke test of the whole pipeline);
 #: ``full`` is the configuration behind the figures in benchmarks/RESULTS.md.
@@ -149,6 +149,8 @@ class AgentConfig:
             (``vla-gym collect-grounding``, :mod:`vla_gym.data.grounding`), collected after
             the demos with the demos' env kwargs and given to BC (``grounding_data``); 0: none.
             They let BC learn the grounding from few demos (benchmarks/RESULTS.md, "Grounding frames").
+        grounding_env_kwargs: env kwargs of the grounding frames instead of ``demo_env_kwargs``
+            (e.g. frames from randomised cameras, demos from the fixed one); None: the demos'.
         bc: :class:`~vla_gym.agents.bc.BCConfig` fields (besides data, out, device, seed).
         ppo: :class:`~vla_gym.agents.ppo.PPOConfig` fields (besides init, out, env, device, seed).
         eval_episodes: episodes per policy and split (and task, on a multi-task env) in the report.
@@ -174,6 +176,7 @@ class AgentConfig:
     demo_workers: int = 2
     demo_env_kwargs: dict[str, Any] | None = None
     grounding_frames: int = 0
+    grounding_env_kwargs: dict[str, Any] | None = None
     bc: dict[str, Any] = field(default_factory=dict)
     ppo: dict[str, Any] = field(default_factory=dict)
     eval_episodes: int = 200
@@ -205,18 +208,8 @@ class AgentConfig:
             raise ValueError(f"policies must be a non-empty list of {list(POLICIES)}, got {self.policies!r}")
         self.policies = [p for p in POLICIES if p in self.policies]
         self._check_tasks()
-        if self.demo_env_kwargs is not None:
-            from vla_gym.data.format import env_config_dict
-
-            if not isinstance(self.demo_env_kwargs, dict):
-                raise ValueError(
-                    f"demo_env_kwargs must be a dict of env kwargs (e.g. {{'camera_jitter': [0.03, 3.0]}}) or None, "
-                    f"got {self.demo_env_kwargs!r}"
-                )
-            try:  # bad kwargs fail now, not after the demos
-                env_config_dict(self.env_id, self.demo_env_kwargs)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"demo_env_kwargs {self.demo_env_kwargs!r} for {self.env_id}: {err}") from None
+        for name in ("demo_env_kwargs", "grounding_env_kwargs"):
+            self._check_env_kwargs(name)
         for name, reserved in (("bc", {"data", "out", "device", "seed", "resume", "progress", "grounding_data"}),
                                ("ppo", {"init", "out", "env_id", "device", "seed", "resume", "progress"})):
             clash = sorted(reserved & set(getattr(self, name)))
@@ -232,6 +225,22 @@ class AgentConfig:
     def stages(self) -> tuple[str, ...]:
         """The stages this run has, in order (the grounding stage only with ``grounding_frames``)."""
         return tuple(s for s in STAGES if s != "grounding" or self.grounding_frames)
+
+    def _check_env_kwargs(self, name: str) -> None:
+        """Bad env kwargs fail now, not after the demos."""
+        from vla_gym.data.format import env_config_dict
+
+        value = getattr(self, name)
+        if value is None:
+            return
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"{name} must be a dict of env kwargs (e.g. {{'camera_jitter': [0.03, 3.0]}}) or None, got {value!r}"
+            )
+        try:
+            env_config_dict(self.env_id, value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name} {value!r} for {self.env_id}: {err}") from None
 
     def _check_tasks(self) -> None:
         from vla_gym.envs.registration import ENV_IDS
@@ -287,7 +296,8 @@ class AgentConfig:
 
         return GroundingConfig(
             out=str(out / "grounding.h5"), env_id=self.env_id, frames=self.grounding_frames,
-            seed=GROUNDING_SEED + self.seed, workers=self.demo_workers, env_kwargs=self.demo_env_kwargs,
+            seed=GROUNDING_SEED + self.seed, workers=self.demo_workers,
+            env_kwargs=self.demo_env_kwargs if self.grounding_env_kwargs is None else self.grounding_env_kwargs,
         )
 
     def ppo_config(self, out: Path):

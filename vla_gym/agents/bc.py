@@ -84,11 +84,13 @@ AUGMENT_SEED_STRIDE = 1_000_003
 INT_BOUNDS: dict[str, tuple[int, int | None]] = {
     "epochs": (1, 100_000), "batch_size": (1, 65_536), "warmup_steps": (0, None), "rollout_every": (0, None),
     "rollout_episodes": (0, 100_000), "checkpoint_every": (0, None), "num_workers": (0, 256), "seed": (0, MAX_SEED),
-    "grounding_batch_size": (1, 65_536),
+    "grounding_batch_size": (1, 65_536), "gripper_repeat": (1, 100), "gripper_window": (0, 100),
 }
 #: BCConfig fields added since BC checkpoints were first written, with the value a run
 #: without them had (so its ``last.pt`` still resumes).
-BC_FIELDS_ADDED: dict[str, Any] = {"grounding_data": None, "grounding_coef": 1.0, "grounding_batch_size": 64}
+BC_FIELDS_ADDED: dict[str, Any] = {
+    "grounding_data": None, "grounding_coef": 1.0, "grounding_batch_size": 64, "gripper_repeat": 1, "gripper_window": 2,
+}
 #: The grounding-frame sampler of rank r is seeded with ``seed + GROUNDING_SEED_OFFSET + r``.
 GROUNDING_SEED_OFFSET = 7_919
 #: Entries of a BC ``last.pt`` besides the weights, and keys of its meta.
@@ -124,6 +126,11 @@ class BCConfig:
             ``grounding_batch_size`` of its frames, times ``grounding_coef``. None: off.
         grounding_coef: weight of that term.
         grounding_batch_size: grounding frames per training step (per process).
+        gripper_repeat: each epoch sees the frames around a change of the gripper label (the
+            grasp, the release) this many times, the others once (1: off). A place demo has about
+            2 release frames in 30; without more weight BC never learns to let go.
+        gripper_window: frames up to this many steps before or after such a change count as
+            around it.
         paraphrase_prob: chance an item's instruction is re-phrased from the train templates.
         augment: image augmentation strengths (:class:`AugmentConfig` fields).
         network: network sizes (:class:`NetworkConfig` fields).
@@ -158,6 +165,8 @@ class BCConfig:
     grounding_data: str | None = None
     grounding_coef: float = 1.0
     grounding_batch_size: int = 64
+    gripper_repeat: int = 1
+    gripper_window: int = 2
     paraphrase_prob: float = 0.5
     augment: dict[str, Any] = field(default_factory=lambda: dataclasses.asdict(AugmentConfig()))
     network: dict[str, Any] = field(default_factory=lambda: NetworkConfig().to_dict())
@@ -331,8 +340,37 @@ def _batches(dataset: DemoDataset, batches: list[np.ndarray], num_workers: int, 
     return loader
 
 
-def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
+def _epoch_order(n: int, seed: int, epoch: int, repeats: np.ndarray | None = None) -> np.ndarray:
+    """Frame indices of an epoch, shuffled; with ``repeats`` (int (n,)), frame i appears repeats[i] times."""
+    frames = np.arange(n) if repeats is None else np.repeat(np.arange(n), repeats)
+    return np.random.default_rng([seed, epoch]).permutation(frames)
+
+
+def gripper_change_repeats(actions: np.ndarray, starts: np.ndarray, window: int, repeat: int) -> np.ndarray:
+    """Per frame, ``repeat`` if a change of the gripper label's sign (the last action
+    dimension: > 0 closes) lies at most ``window`` steps away in the same episode, else 1.
+
+    Args:
+        actions: float32 (N, 4) labels in frame order.
+        starts: int (E + 1,) frame index opening each episode, then N.
+    Returns: int64 (N,).
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    episode = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+    closed = actions[:, -1] > 0
+    changed = np.zeros(len(actions), bool)  # frame t's label differs from frame t - 1's, in one episode
+    changed[1:] = (closed[1:] != closed[:-1]) & (episode[1:] == episode[:-1])
+    return np.where(_near_in_episode(changed, episode, window), repeat, 1).astype(np.int64)
+
+
+def _near_in_episode(changed: np.ndarray, episode: np.ndarray, window: int) -> np.ndarray:
+    """Whether a change lies at most ``window`` frames away in the same episode, per frame."""
+    near = changed.copy()
+    for shift in range(1, window + 1):
+        same = episode[shift:] == episode[:-shift]
+        near[:-shift] |= changed[shift:] & same
+        near[shift:] |= changed[:-shift] & same
+    return near
 
 
 @torch.no_grad()
@@ -501,10 +539,15 @@ class _BCTrainer:
         self.valid_set = DemoDataset(config.data, "valid", in_memory=config.in_memory, gamma=config.gamma)
         if len(self.train_set) == 0:
             raise ValueError(f"demo file {config.data!r} has no successful training episodes")
+        # Frames around a grasp or release, repeated in every epoch's order (gripper_repeat).
+        self.repeats = None if config.gripper_repeat == 1 else gripper_change_repeats(
+            self.train_set.actions(), self.train_set.starts, config.gripper_window, config.gripper_repeat
+        )
+        self.epoch_frames = len(self.train_set) if self.repeats is None else int(self.repeats.sum())
         self.policy = build_policy(env_args, config.network, device)
         self.policy.features_extractor.set_proprio_statistics(*self.train_set.proprio_statistics())
         self.optimizer = torch.optim.AdamW(_param_groups(self.policy, config.weight_decay), lr=config.lr)
-        total_steps = math.ceil(len(self.train_set) / config.batch_size) * config.epochs
+        total_steps = math.ceil(self.epoch_frames / config.batch_size) * config.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, config.warmup_steps, total_steps, config.min_lr_ratio)
         )
@@ -599,7 +642,8 @@ class _BCTrainer:
         single process). The order is the single-process one; a last batch too small to give
         every rank a sample is dropped in a multi-process run."""
         config, world = self.config, self.context.world_size
-        order = _epoch_order(len(self.train_set), config.seed, self.epoch)[self.batch_in_epoch * config.batch_size :]
+        order = _epoch_order(len(self.train_set), config.seed, self.epoch, self.repeats)
+        order = order[self.batch_in_epoch * config.batch_size :]
         return [np.array_split(batch, world) for batch in _split(order, config.batch_size) if len(batch) >= world]
 
     def _train_step(self, batch: dict[str, torch.Tensor], writer: Any, bar: Any, global_size: int) -> None:

@@ -279,6 +279,16 @@ class DemoDataset(Dataset):
                 item["instruction"] = encode_instruction(self._paraphrase(rng, episode))
         return item
 
+    def actions(self) -> np.ndarray:
+        """Every frame's action label, float32 (N, 4), in frame order (read from RAM or the file)."""
+        if self._memory is not None:
+            return np.asarray(self._memory["action"], dtype=np.float32)
+        data = self._file()["data"]
+        return np.concatenate(
+            [self._read(data[name]["actions"], name, "actions") for name in self.episodes]
+            or [np.zeros((0, 4), np.float32)]
+        ).astype(np.float32)
+
     def _read_frame(self, episode: int, step: int) -> dict[str, np.ndarray]:
         """One frame read from the file (lazy mode); every read names its key if it fails."""
         name = self.episodes[episode]
