@@ -225,7 +225,7 @@ def _collect_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _collect_grounding_arguments(p: argparse.ArgumentParser) -> None:
-    from vla_gym.data.grounding import DEFAULT_FRAMES, DEFAULT_MAX_MOVES, MAX_FRAMES, MAX_MOVES_LIMIT, GroundingConfig
+    from vla_gym.data.grounding import DEFAULT_FRAMES, DEFAULT_MAX_MOVES, DEFAULT_SEED, MAX_FRAMES, MAX_MOVES_LIMIT
 
     p.add_argument("--env", default=DEFAULT_ENV_ID, choices=sorted(ENV_IDS),
                    help="the demos' env (its tasks name the objects)")
@@ -235,7 +235,7 @@ def _collect_grounding_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-moves", type=int_option(0, MAX_MOVES_LIMIT), default=DEFAULT_MAX_MOVES,
                    help="random arm moves after each reset (0 to this many)")
     p.add_argument("--workers", type=WORKERS, default=2, help="worker processes (<= 1: in this process)")
-    p.add_argument("--seed", type=SEED, default=GroundingConfig(out="").seed,
+    p.add_argument("--seed", type=SEED, default=DEFAULT_SEED,
                    help="frame i comes from reset(seed=seed + i); keep it apart from demo and evaluation seeds")
     p.add_argument("--out", required=True, help="HDF5 file to write (written under a temporary name, then renamed)")
     _add_overwrite(p, "grounding file")

@@ -56,9 +56,6 @@ REPORT_SPLITS: dict[str, dict[str, Any]] = {
 SWAP_SPLITS = frozenset({"switched_goal"})
 SPLITS = ("train", "test")  # the default
 STAGES = ("demos", "grounding", "bc", "ppo", "evaluation")
-#: Grounding frames start at this seed: apart from demos (0+), report (100 000+), PPO's
-#: evaluations (300 000+) and BC's rollout checks (10 000 000+).
-GROUNDING_SEED = 5_000_000
 VIDEO_FILE = "final_policy.mp4"
 #: Fields of the config that may change when a run is continued.
 RESUMABLE_CHANGES = frozenset({"device", "progress", "eval_workers", "backend", "ray_address"})
@@ -292,11 +289,11 @@ class AgentConfig:
         )
 
     def grounding_config(self, out: Path):
-        from vla_gym.data.grounding import GroundingConfig
+        from vla_gym.data.grounding import DEFAULT_SEED, GroundingConfig
 
         return GroundingConfig(
             out=str(out / "grounding.h5"), env_id=self.env_id, frames=self.grounding_frames,
-            seed=GROUNDING_SEED + self.seed, workers=self.demo_workers,
+            seed=DEFAULT_SEED + self.seed, workers=self.demo_workers,
             env_kwargs=self.demo_env_kwargs if self.grounding_env_kwargs is None else self.grounding_env_kwargs,
         )
 

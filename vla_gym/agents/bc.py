@@ -543,11 +543,11 @@ class _BCTrainer:
         self.repeats = None if config.gripper_repeat == 1 else gripper_change_repeats(
             self.train_set.actions(), self.train_set.starts, config.gripper_window, config.gripper_repeat
         )
-        self.epoch_frames = len(self.train_set) if self.repeats is None else int(self.repeats.sum())
+        epoch_frames = len(self.train_set) if self.repeats is None else int(self.repeats.sum())
         self.policy = build_policy(env_args, config.network, device)
         self.policy.features_extractor.set_proprio_statistics(*self.train_set.proprio_statistics())
         self.optimizer = torch.optim.AdamW(_param_groups(self.policy, config.weight_decay), lr=config.lr)
-        total_steps = math.ceil(self.epoch_frames / config.batch_size) * config.epochs
+        total_steps = math.ceil(epoch_frames / config.batch_size) * config.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, config.warmup_steps, total_steps, config.min_lr_ratio)
         )

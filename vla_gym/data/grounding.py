@@ -42,6 +42,7 @@ import h5py
 import numpy as np
 
 from vla_gym.envs.registration import DEFAULT_ENV_ID
+from vla_gym.fileio import atomic_path
 from vla_gym.envs.language import MAX_INSTRUCTION_BYTES
 from vla_gym.envs.spaces import PROPRIO_DIM
 
@@ -59,6 +60,9 @@ FRAME_KEYS: dict[str, tuple[np.dtype, tuple[int | None, ...]]] = {
 }
 OBS_FRAME_KEYS = ("rgb", "depth", "proprio", "instruction")
 DEFAULT_FRAMES = 15_000
+#: First reset seed of a grounding file: apart from demos (0+), reports (100 000+), PPO's
+#: evaluations (300 000+) and BC's rollout checks (10 000 000+).
+DEFAULT_SEED = 5_000_000
 DEFAULT_MAX_MOVES = 3
 MAX_MOVES_LIMIT = 50
 MAX_FRAMES = 10_000_000
@@ -91,7 +95,7 @@ class GroundingConfig:
     out: str
     env_id: str = DEFAULT_ENV_ID
     frames: int = DEFAULT_FRAMES
-    seed: int = 5_000_000
+    seed: int = DEFAULT_SEED
     max_moves: int = DEFAULT_MAX_MOVES
     workers: int = 2
     env_kwargs: dict[str, Any] | None = None
@@ -163,14 +167,12 @@ def collect_grounding_frames(config: GroundingConfig, progress: bool = False) ->
 
     start = time.perf_counter()
     out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     backend = make_backend("local", config.workers)
     chunks = backend.imap(_record_chunk, _chunks(config), setup=_init_worker,
                           setup_args=(config.env_id, config.env_kwargs), teardown=_close_worker)
     bar = _progress(config.frames, progress)
     try:
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
             written = 0
             for chunk in chunks:
                 if written == 0:
@@ -180,10 +182,6 @@ def collect_grounding_frames(config: GroundingConfig, progress: bool = False) ->
                     f[key][written:written + n] = values
                 written += n
                 bar.update(n)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         bar.close()
     seconds = time.perf_counter() - start
