@@ -103,11 +103,17 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     return record
 
 
+def _start_success(start: dict) -> str:
+    """The start's own rollout success, or that its BC ran without rollout checks."""
+    rate = start.get("rollout_success_rate")
+    return "no rollout checks (`--rollout-every 0`)" if rate is None else f"rollout success {rate:.0%}"
+
+
 def section(records: list[dict], start: dict, args: argparse.Namespace) -> str:
     begin, end = markers(SECTION)
     lines = [begin, "## What a weak BC start lacks: more BC epochs on parts of the network", "",
              f"`{command_line()}`. Start: `{args.init}` (its last BC epoch: valid goal-offset loss "
-             f"{start['valid_target_loss']:.4f}, rollout success {start['rollout_success_rate']:.0%}). Each row: "
+             f"{start['valid_target_loss']:.4f}, {_start_success(start)}). Each row: "
              f"{args.epochs} more epochs of BC on `{args.data}` training only what the row names, then "
              f"{args.episodes} rollout episodes ({ROLLOUT_SEED_NOTE}, deterministic) with the 95 % Wilson interval.", "",
              "| what the extra epochs train | valid goal-offset loss | valid action MSE | success |",

@@ -221,3 +221,66 @@ def test_bc_phase_errors_are_per_tenth_and_zero_for_the_labels_themselves(demo_f
     assert script.phase_errors(Oracle(labels), demo_file, episodes=2)[:, :4].max() == 0.0
     assert script.main(["--policy", bc_checkpoint, "--data", demo_file, "--episodes", "2"]) == 0
     assert "| 10 |" in capsys.readouterr().out
+
+
+def test_failure_modes_reports_the_first_close_and_a_reopened_gripper():
+    import gymnasium as gym
+    import numpy as np
+
+    script = load_script("failure_modes")
+
+    class Cycle:  # a "policy" that plays the given actions in turn
+        def __init__(self, *actions):
+            self.actions, self.step = [np.array(a, dtype=np.float32) for a in actions], 0
+
+        def predict(self, obs, deterministic=True):
+            self.step += 1
+            return self.actions[(self.step - 1) % len(self.actions)], None
+
+    env = gym.make("VLAPick-v0", max_episode_steps=4)
+    try:
+        env.reset(seed=7)
+        task = env.unwrapped.task
+        start = env.unwrapped.world.robot.ee_position() - task.position(task.episode.roles["target"])
+        name, first_close, reopened = script.classify(env, Cycle([0, 0, 0, 1], [0, 0, 0, -1]), seed=7)
+        assert name.startswith("touched nothing") and reopened
+        assert first_close == pytest.approx(float(np.linalg.norm(start[:2])), abs=1e-6)
+        name, first_close, reopened = script.classify(env, Cycle([0, 0, 0, -1]), seed=7)
+        assert np.isnan(first_close) and not reopened
+    finally:
+        env.close()
+
+
+def test_localisation_error_per_step_and_its_bands(bc_checkpoint):
+    import gymnasium as gym
+    import numpy as np
+
+    from vla_gym.agents.checkpoint import load_policy
+
+    script = load_script("localisation_error")
+    policy = load_policy(bc_checkpoint, device="cpu")
+    env = gym.make("VLAPick-v0", max_episode_steps=3)
+    try:
+        errors = script.step_errors(env, policy, seed=3)
+        env.reset(seed=3)
+        task = env.unwrapped.task
+        start = task.position(task.episode.roles["target"]) - env.unwrapped.world.robot.ee_position()
+    finally:
+        env.close()
+    assert errors.shape == (3, 3) and np.isfinite(errors).all() and (errors >= 0).all()
+    assert errors[0, 0] == pytest.approx(float(np.linalg.norm(start[:2])), abs=1e-6)  # the true distance
+    lines = script.table(np.array([[0.01, 0.02, 0.005], [0.05, 0.01, 0.0]])).splitlines()
+    assert lines[2].startswith("| 0-3 cm | 1 | 2.00 |") and lines[3].startswith("| 3-8 cm | 1 | 1.00 |")
+    assert lines[4] == "| 8 cm and more | 0 | - | - | - |"
+
+
+@pytest.mark.parametrize("start, says", [({"valid_target_loss": 0.02}, "no rollout checks"),
+                                         ({"valid_target_loss": 0.02, "rollout_success_rate": 0.5}, "rollout success 50%")])
+def test_weak_start_parts_section_with_and_without_the_starts_rollout_checks(start, says):
+    import argparse
+
+    script = load_script("weak_start_parts")
+    args = argparse.Namespace(init="start.pt", data="demos.h5", epochs=3, episodes=10)
+    record = {"variant": "heads", "success_rate": 0.8, "episodes": 10, "valid_target_loss": 0.01, "valid_action_mse": 0.05}
+    text = script.section([record], start, args)
+    assert says in text and "| heads | 0.0100 | 0.0500 | 80% (" in text
