@@ -224,20 +224,16 @@ class AgentConfig:
         return tuple(s for s in STAGES if s != "grounding" or self.grounding_frames)
 
     def _check_env_kwargs(self, name: str) -> None:
-        """Bad env kwargs fail now, not after the demos."""
-        from vla_gym.data.format import env_config_dict
+        """Bad env kwargs fail now, not after the demos (the CLI's own check, an OptionError:
+        a ValueError naming the field)."""
+        from vla_gym.cli_checks import check_env_kwargs
 
         value = getattr(self, name)
-        if value is None:
-            return
-        if not isinstance(value, dict):
+        if value is not None and not isinstance(value, dict):
             raise ValueError(
                 f"{name} must be a dict of env kwargs (e.g. {{'camera_jitter': [0.03, 3.0]}}) or None, got {value!r}"
             )
-        try:
-            env_config_dict(self.env_id, value)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{name} {value!r} for {self.env_id}: {err}") from None
+        check_env_kwargs(self.env_id, value, option=name)
 
     def _check_tasks(self) -> None:
         from vla_gym.envs.registration import ENV_IDS
