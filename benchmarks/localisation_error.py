@@ -32,12 +32,8 @@ def step_errors(env: gym.Env, policy, seed: int) -> np.ndarray:
     rows, done = [], False
     while not done:
         tensor, _ = policy.obs_to_tensor(obs)
-        extractor.keep_auxiliary = True
-        try:
-            with torch.no_grad():
-                extractor(tensor)
-        finally:
-            extractor.keep_auxiliary = False
+        with torch.no_grad(), extractor.keeping_auxiliary():
+            extractor(tensor)
         predicted = extractor.pop_auxiliary()["target_offset"][0].cpu().numpy() * TARGET_OFFSET_SCALE
         true = task.position(target) - env.unwrapped.world.robot.ee_position()
         rows.append((np.linalg.norm(true[:2]), np.linalg.norm((predicted - true)[:2]), abs(predicted[2] - true[2])))

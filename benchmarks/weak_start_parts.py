@@ -61,9 +61,8 @@ def _split_losses(action_weight: float):
     def forward(self, batch, per_frame: bool = False):
         obs = {k: batch[k] for k in OBS_KEYS}
         policy, extractor = self.policy, self.policy.features_extractor
-        extractor.keep_auxiliary = True
-        features = policy.extract_features(obs)
-        extractor.keep_auxiliary = False
+        with extractor.keeping_auxiliary():
+            features = policy.extract_features(obs)
         offset_loss, where_loss = auxiliary_losses(extractor.pop_auxiliary(), batch["target_offset"], batch["target_uv"])
         latent_pi, latent_vf = policy.mlp_extractor(features.detach())
         distribution = policy._get_action_dist_from_latent(latent_pi)

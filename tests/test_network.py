@@ -153,8 +153,9 @@ def test_destination_read_out_is_optional_and_older_checkpoints_load_without_it(
         NetworkConfig(destination_head="yes")
     assert make_policy(network=SMALL).features_extractor.destination_head is None
     with_head = make_policy(network={**SMALL, "destination_head": True}).features_extractor
-    with_head.keep_auxiliary = True
-    with_head(random_obs(2))
+    with with_head.keeping_auxiliary():
+        with_head(random_obs(2))
+    assert with_head.keep_auxiliary is False
     assert with_head.pop_auxiliary()["destination_offset"].shape == (2, 3)
     path = tmp_path / "old.pt"
     saved = _save_tiny(path, {**SMALL, "destination_head": False}, drop=("destination_head",))
@@ -164,6 +165,18 @@ def test_destination_read_out_is_optional_and_older_checkpoints_load_without_it(
     with torch.no_grad():
         torch.testing.assert_close(loaded.extract_features(obs, loaded.features_extractor),
                                    saved.extract_features(obs, saved.features_extractor))
+
+
+def test_keeping_auxiliary_resets_its_flag_even_when_the_forward_pass_fails():
+    extractor = make_policy(network=SMALL).features_extractor
+    with pytest.raises(KeyError):
+        with extractor.keeping_auxiliary():
+            assert extractor.keep_auxiliary is True
+            extractor({})  # no observation keys
+    assert extractor.keep_auxiliary is False
+    extractor(random_obs(1))  # outside: nothing kept
+    with pytest.raises(RuntimeError, match="keeping_auxiliary"):
+        extractor.pop_auxiliary()
 
 
 def test_checkpoints_holding_a_removed_option_load_when_it_was_off_and_are_refused_when_on(tmp_path):

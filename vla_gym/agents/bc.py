@@ -267,14 +267,13 @@ class _Losses(torch.nn.Module):
         obs = {k: batch[k] for k in OBS_KEYS}
         actions, returns = batch["action"], batch["return"]
         policy, extractor = self.policy, self.policy.features_extractor
-        extractor.keep_auxiliary = True
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             # SB3's evaluate_actions, spelled out to keep the features' auxiliary outputs.
-            features = policy.extract_features(obs)
+            with extractor.keeping_auxiliary():
+                features = policy.extract_features(obs)
             latent_pi, latent_vf = policy.mlp_extractor(features)
             distribution = policy._get_action_dist_from_latent(latent_pi)
             values = policy.value_net(latent_vf)
-        extractor.keep_auxiliary = False
         aux = extractor.pop_auxiliary()
         log_prob = distribution.log_prob(actions.float())
         nll = -log_prob.float().mean() / actions.shape[1]  # per action dimension
@@ -311,10 +310,8 @@ class _Losses(torch.nn.Module):
     def _grounding_losses(self, frames: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(goal-offset loss, attention loss) on a batch of grounding frames (no actions)."""
         extractor = self.policy.features_extractor
-        extractor.keep_auxiliary = True
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp), extractor.keeping_auxiliary():
             extractor({k: frames[k] for k in OBS_KEYS})
-        extractor.keep_auxiliary = False
         return auxiliary_losses(extractor.pop_auxiliary(), frames["target_offset"], frames["target_uv"])
 
 

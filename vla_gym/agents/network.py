@@ -29,11 +29,12 @@ The language encoder (``NetworkConfig.language_encoder``) is one of two:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -817,6 +818,16 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         self.proprio_shift.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.proprio_scale.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(min_std))
 
+    @contextlib.contextmanager
+    def keeping_auxiliary(self) -> Iterator[None]:
+        """Forward passes inside keep their auxiliary outputs (``keep_auxiliary``), for
+        :meth:`pop_auxiliary`; the flag is reset on exit, also on an error."""
+        self.keep_auxiliary = True
+        try:
+            yield
+        finally:
+            self.keep_auxiliary = False
+
     def pop_auxiliary(self) -> dict[str, torch.Tensor]:
         """Outputs of the last forward pass for BC's auxiliary losses (kept only while
         ``keep_auxiliary`` is true): ``where`` (B, heads, 2) image coordinates the instruction
@@ -824,7 +835,7 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         ``destination_offset`` (B, 3) with ``NetworkConfig.destination_head``), and the
         ``vision`` / ``language`` embeddings (B, contrastive_dim) of the InfoNCE loss."""
         if not self.auxiliary:
-            raise RuntimeError("no auxiliary outputs: set keep_auxiliary = True before the forward pass")
+            raise RuntimeError("no auxiliary outputs: run the forward pass inside keeping_auxiliary()")
         out, self.auxiliary = self.auxiliary, {}
         return out
 

@@ -603,11 +603,8 @@ class VLAPPO(PPO):
         for _ in range(self.aux_epochs if len(usable) else 0):
             for index in usable[torch.randperm(len(usable), device=self.device)].split(self.aux_batch_size):
                 obs = {k: v[index] for k, v in frames.items()}
-                extractor.keep_auxiliary = True
-                try:
+                with extractor.keeping_auxiliary():
                     extractor(obs)
-                finally:
-                    extractor.keep_auxiliary = False
                 offset_loss, where_loss = auxiliary_losses(
                     extractor.pop_auxiliary(), *rollout_labels(targets[index], obs["proprio"][:, :3])
                 )
