@@ -177,8 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         start, end = markers(args.section)
         where = "" if args.device == "cpu" else f" on {torch.cuda.get_device_name()}"
+        config = f" ({', '.join(f'{k}={v}' for k, v in args.network.items())})" if args.network else ""
         section = "\n".join([
-            start, f"## Network speed{where}: the VLA policy against SB3's NatureCNN policy", "",
+            start, f"## Network speed{where}: the VLA policy{config} against SB3's NatureCNN policy", "",
             f"{torch_run_line(argv)}; {args.rounds} interleaved rounds, medians). Parameters: VLA "
             f"{vla_params:,}, NatureCNN policy {cnn_params:,}.", "", *lines, "", end,
         ])

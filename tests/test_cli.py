@@ -34,13 +34,14 @@ def test_collect_train_evaluate_end_to_end(tmp_path, capsys, layout):
     extra = ["--shards", "--shard-episodes", "2"] if sharded else []
     assert main(["collect", "--episodes", "3", "--workers", "0", "--out", str(data), "--no-progress", *extra]) == 0
     assert "3 episodes" in capsys.readouterr().out
-    readouts = ["--destination-head"] if sharded else []
+    readouts = ["--destination-head"] if sharded else ["--fovea", "8"]
     assert main(["train-bc", "--data", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "16",
                  "--rollout-every", "0", "--device", "cpu", "--no-progress", *readouts]) == 0
     assert "policy.pt" in capsys.readouterr().out
     from vla_gym.agents.checkpoint import load_policy
 
-    assert load_policy(run / "policy.pt", device="cpu").network_config.destination_head is sharded
+    network = load_policy(run / "policy.pt", device="cpu").network_config
+    assert network.destination_head is sharded and network.fovea == (0 if sharded else 8)
     report = tmp_path / "eval.json"
     assert main(["evaluate", "--policy", str(run / "policy.pt"), "--episodes", "2", "--json", str(report),
                  "--device", "cpu", "--no-progress", "--workers", "2" if sharded else "1"]) == 0
@@ -82,6 +83,7 @@ def test_train_ppo_from_a_bc_checkpoint(bc_checkpoint, tmp_path, capsys):
         (["collect", "--env", "VLAMultiTask-v0", "--episodes-per-task", "50000", "--out", "x.h5"],
          "give at most 16666 per task"),
         (["train-bc", "--data", "missing.h5", "--device", "cpu"], "does not exist"),
+        (["train-bc", "--data", "d.h5", "--fovea", "40"], "argument --fovea: 40 is not allowed; must be an integer from 0 to 32"),
         (["evaluate", "--policy", "missing.pt"], "no checkpoint file exists"),
         (["evaluate", "--policy", "scripted", "--target", "red", "--swap-target"], "not allowed with"),
     ],

@@ -11,6 +11,7 @@ from stable_baselines3.common.preprocessing import preprocess_obs
 
 from vla_gym.agents.network import (
     LEGACY_VOCABULARY,
+    TARGET_OFFSET_SCALE,
     VOCABULARY,
     NetworkConfig,
     Tokenizer,
@@ -165,6 +166,88 @@ def test_destination_read_out_is_optional_and_older_checkpoints_load_without_it(
     with torch.no_grad():
         torch.testing.assert_close(loaded.extract_features(obs, loaded.features_extractor),
                                    saved.extract_features(obs, saved.features_extractor))
+
+
+def test_fovea_window_holds_the_image_pixels_around_its_centre():
+    from vla_gym.agents.network import Fovea
+
+    size, image_size = 5, 84
+    rows, cols = torch.meshgrid(torch.arange(84.0), torch.arange(84.0), indexing="ij")
+    image = torch.stack([rows, cols])[None].repeat(2, 1, 1, 1)  # (2, 2, 84, 84): each pixel's row and column
+    pixels = torch.tensor([[30.0, 40.0], [1.0, 82.0]])  # (column, row) of each window's centre
+    centre = pixels * 2 / (image_size - 1) - 1  # image coordinates, pixel centres at +-1
+    window = Fovea(size, image_size, key_dim=4).sample([image], centre)
+    assert window.shape == (2, 2, size, size)
+    offsets = torch.arange(size) - size // 2
+    torch.testing.assert_close(window[0, 0], (40 + offsets)[:, None].float().expand(size, size))
+    torch.testing.assert_close(window[0, 1], (30 + offsets)[None, :].float().expand(size, size))
+    # Outside the image (row 84, column -1) the window is zeros; inside, the image.
+    assert window[1, :, 4].abs().max() < 1e-3 and window[1, :, :, 0].abs().max() < 1e-3
+    torch.testing.assert_close(window[1, 0, :4, 1:], (82 + offsets[:4])[:, None].float().expand(4, 4))
+    torch.testing.assert_close(window[1, 1, :4, 1:], (1 + offsets[1:])[None, :].float().expand(4, 4))
+
+
+def test_table_plane_maps_the_image_back_onto_the_table():
+    from vla_gym.agents.network import TablePlane, table_homography
+    from vla_gym.data.dataset import image_coordinates
+    from vla_gym.envs.scene import OBJECT_HALF_SIZE
+    from vla_gym.envs.spaces import AGENT_CAMERA
+
+    rng = np.random.default_rng(0)
+    world = np.column_stack([rng.uniform(0.3, 0.8, 20), rng.uniform(-0.4, 0.4, 20), np.full(20, OBJECT_HALF_SIZE)])
+    uv = torch.from_numpy(image_coordinates(world, 84, AGENT_CAMERA))
+    plane = TablePlane(table_homography(84))
+    torch.testing.assert_close(plane(uv), torch.from_numpy(world[:, :2]).float(), atol=1e-4, rtol=0)
+    # A point above the plane lands elsewhere: the map is for resting objects' centres.
+    raised = image_coordinates(world + [0, 0, 0.1], 84, AGENT_CAMERA)
+    assert (plane(torch.from_numpy(raised)) - torch.from_numpy(world[:, :2]).float()).norm(dim=1).min() > 0.02
+
+
+def test_fovea_refines_the_attention_and_is_trained_by_the_where_loss(tmp_path):
+    from vla_gym.agents.checkpoint import load_policy
+    from vla_gym.agents.privileged import auxiliary_losses
+
+    assert NetworkConfig().fovea == 0 and make_policy().features_extractor.fovea is None
+    for value, message in ((2, "fovea must be 0"), (64, r"fovea must be an int in \[0, 32\]"), ("16", "fovea")):
+        with pytest.raises(ValueError, match=message):
+            NetworkConfig(fovea=value)
+    size = 12
+    policy = make_policy(network={**SMALL, "fovea": size})
+    extractor = policy.features_extractor
+    with extractor.keeping_auxiliary():
+        extractor(random_obs(3))
+    aux = extractor.pop_auxiliary()
+    # The fine estimate lies in the window around the attention's estimate.
+    reach = (size - 1) / 2 * 2 / 83
+    assert aux["where_fine"].shape == (3, 2)
+    assert ((aux["where_fine"] - aux["where"][:, 0]).abs() <= reach + 1e-6).all()
+    # The table-plane offset is the fine estimate's point on the table minus the gripper's (x, y).
+    obs = random_obs(3)
+    with torch.no_grad(), extractor.keeping_auxiliary():
+        extractor(obs)
+    aux = extractor.pop_auxiliary()
+    expected = (extractor.table_plane(aux["where_fine"]) - obs["proprio"][:, :2]) / TARGET_OFFSET_SCALE
+    torch.testing.assert_close(aux["plane_offset"], expected)
+    with extractor.keeping_auxiliary():
+        extractor(obs)
+    aux = extractor.pop_auxiliary()
+    offset_loss, where_loss = auxiliary_losses(aux, torch.zeros(3, 3), torch.zeros(3, 2))
+    (offset_loss + where_loss).backward()
+    for name in ("conv1.weight", "conv2.weight", "key.weight", "log_temperature"):
+        grad = dict(extractor.fovea.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    assert extractor.table_plane.homography.grad.abs().sum() > 0
+    # A checkpoint saved before the field loads without a fovea; one with a fovea round-trips.
+    old = _save_tiny(tmp_path / "old.pt", SMALL, drop=("fovea",))
+    assert load_policy(tmp_path / "old.pt", device="cpu").features_extractor.fovea is None
+    saved = _save_tiny(tmp_path / "fovea.pt", {**SMALL, "fovea": size})
+    loaded = load_policy(tmp_path / "fovea.pt", device="cpu")
+    assert loaded.network_config.fovea == size
+    obs = random_obs(2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.extract_features(obs, loaded.features_extractor),
+                                   saved.extract_features(obs, saved.features_extractor))
+    assert old is not None
 
 
 def test_keeping_auxiliary_resets_its_flag_even_when_the_forward_pass_fails():
@@ -463,9 +546,10 @@ def _actions_and_values(policy: VLAActorCriticPolicy, obs: dict) -> tuple[torch.
     return actions, values
 
 
+@pytest.mark.parametrize("fovea", [0, 8])
 @pytest.mark.parametrize("use_depth", [True, False])
-def test_use_depth_decides_whether_depth_changes_the_outputs(use_depth):
-    policy = make_policy(network={**SMALL, "use_depth": use_depth})
+def test_use_depth_decides_whether_depth_changes_the_outputs(use_depth, fovea):
+    policy = make_policy(network={**SMALL, "use_depth": use_depth, "fovea": fovea})
     policy.set_training_mode(False)
     obs = random_obs(3)
     other = {**obs, "depth": torch.flip(obs["depth"], dims=[1]) * 2.0}  # another depth image, same rest

@@ -112,6 +112,10 @@ def test_report_splits_are_checked_and_the_full_preset_randomises_the_camera(tmp
     assert multitask.bc_config(tmp_path).network["word_context"] == "gru"
     custom = AgentConfig(out=str(tmp_path / "c"), bc={"network": {"destination_head": True}})
     assert "--destination-head" in "\n".join(pipeline._commands(custom, tmp_path))
+    # The quick preset's network has the fovea, and its stage commands say so; the others do not.
+    quick = AgentConfig.from_preset("quick", out=str(tmp_path / "q"), device="cpu")
+    assert quick.bc_config(tmp_path).network["fovea"] == 16
+    assert "--fovea 16" in "\n".join(pipeline._commands(quick, tmp_path)) and "--fovea" not in commands
     with pytest.raises(ValueError, match=r"splits must be a non-empty list of \['camera_jitter', 'object_test', "):
         AgentConfig(out=str(tmp_path / "x"), splits=["objects"])
 

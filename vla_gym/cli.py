@@ -244,7 +244,7 @@ def _collect_grounding_arguments(p: argparse.ArgumentParser) -> None:
 
 def _train_bc_arguments(p: argparse.ArgumentParser) -> None:
     from vla_gym.agents.bc import BCConfig
-    from vla_gym.agents.network import WORD_CONTEXTS
+    from vla_gym.agents.network import MAX_FOVEA, WORD_CONTEXTS
 
     defaults = BCConfig(data="")
     p.add_argument("--data", required=True, help="demo file from `vla-gym collect`")
@@ -276,6 +276,9 @@ def _train_bc_arguments(p: argparse.ArgumentParser) -> None:
                    default=defaults.network["destination_head"],
                    help="also supervise where the object must go (a receptacle, zone or stack base; from the demo "
                         "file's privileged subgoal states) besides which object to move")
+    p.add_argument("--fovea", type=int_option(0, MAX_FOVEA, " (0: none)"), default=defaults.network["fovea"],
+                   help="side (px) of a full-resolution glimpse around where the instruction's attention points, "
+                        "to place the named object more finely than the stride-4 trunk (0: none; e.g. 16)")
     p.add_argument("--rollout-every", type=int_option(0, MAX_EPOCHS, " (0: no rollouts)"),
                    default=defaults.rollout_every, help="epochs between env checks (0: none)")
     p.add_argument("--rollout-episodes", type=int_option(1, 10_000, " (no rollouts: --rollout-every 0)"),
@@ -516,7 +519,7 @@ def _run_train_bc(args: argparse.Namespace) -> None:
         seed=args.seed, resume=args.resume, progress=not args.no_progress,
         network=NetworkConfig(
             language_encoder=args.language_encoder, word_context=args.word_context,
-            destination_head=args.destination_head,
+            destination_head=args.destination_head, fovea=args.fovea,
         ).to_dict(),
     )
     with _run_directory(args) as build:

@@ -85,17 +85,18 @@ PICK_NETWORK: dict[str, Any] = {"word_context": "bag"}
 #: during PPO and a camera-jitter split in the report.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
-        # PPO's showcase: a BC start that is weak for want of demos, not of training. 30 demos
+        # PPO's showcase: a BC start that is weak for want of demos, not of training. 18 demos
         # teach the motion; grounding frames (scenes without an expert, labelled with where the
-        # named object is) teach the trunk to find the object, and PPO (trunk frozen) then lifts
-        # the heads by self-imitation of its own successes (benchmarks/RESULTS.md, "The quick
-        # preset: 30 demos and grounding frames"). With 1000 demos BC alone reaches ~90 %, which
-        # leaves PPO nothing to show; with 1000 demos x 3 epochs the trunk itself is weak and
-        # PPO did not lift it (same file, "PPO from a weak BC start").
-        "demo_episodes": 30,
+        # named object is) teach the trunk, with its fovea, to place the object to a third of
+        # a pixel, and PPO (trunk frozen) then lifts the heads by self-imitation of its own
+        # successes (benchmarks/RESULTS.md, "A fovea"). With this trunk 30 demos already give
+        # BC ~83 %, 20 give 61-75 % and 15 ~30 %, from which PPO did not climb; without the
+        # fovea PPO stopped near 75 % (same file, "Why PPO stops near 75 %"). 145 epochs are
+        # 435 BC steps (30 demos x 100 epochs were 500).
+        "demo_episodes": 18,
         "grounding_frames": 10_000,
-        "bc": {"epochs": 100, "rollout_every": 0},
-        "ppo": {**PPO_SETTINGS, "timesteps": 24_576, "eval_every": 8192, "eval_episodes": 50},
+        "bc": {"epochs": 145, "rollout_every": 0, "network": {"fovea": 16}},
+        "ppo": {**PPO_SETTINGS, "timesteps": 40_960, "eval_every": 8192, "eval_episodes": 50},
         "eval_episodes": 100,
     },
     "full": {
@@ -652,7 +653,8 @@ def _commands(config: AgentConfig, out: Path) -> list[str]:
         f"--rollout-every {bc.rollout_every} --rollout-episodes {bc.rollout_episodes} --seed {config.seed}"
         + (f" --grounding-data {q(bc.grounding_data)}" if bc.grounding_data else "")
         + (f" --word-context {bc.network['word_context']}" if "word_context" in bc.network else "")
-        + (" --destination-head" if bc.network.get("destination_head") else ""),
+        + (" --destination-head" if bc.network.get("destination_head") else "")
+        + (f" --fovea {bc.network['fovea']}" if bc.network.get("fovea") else ""),
         f"vla-gym train-ppo --init {q(ppo.init)} --env {ppo.env_id} --timesteps {ppo.timesteps} --n-envs {ppo.n_envs} "
         f"--n-steps {ppo.n_steps} --batch-size {ppo.batch_size} --eval-every {ppo.eval_every} "
         f"--eval-episodes {ppo.eval_episodes} --seed {config.seed}"

@@ -313,7 +313,7 @@ def _list_difference(found: list, expected: list) -> str:
 #: Network config fields added after checkpoints were first written, with the value that
 #: a checkpoint without the field behaves as (``vocabulary`` is not here: a checkpoint
 #: without it used another vocabulary, see ``with_recorded_vocabulary``).
-NETWORK_FIELDS_ADDED: dict[str, Any] = {"use_depth": True, "word_context": "bag", "destination_head": False}
+NETWORK_FIELDS_ADDED: dict[str, Any] = {"use_depth": True, "word_context": "bag", "destination_head": False, "fovea": 0}
 
 
 #: Network config fields that vla_gym once wrote and no longer has, with the value under

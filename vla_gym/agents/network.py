@@ -49,7 +49,7 @@ from torch import nn
 
 from vla_gym.agents.bounds import bounded_int, finite_float
 from vla_gym.envs.spaces import AGENT_CAMERA
-from vla_gym.envs.scene import COLOURS, FIXTURE_KINDS, SHAPES
+from vla_gym.envs.scene import COLOURS, FIXTURE_KINDS, OBJECT_HALF_SIZE, SHAPES, TABLE_CENTRE, TABLE_HALF_EXTENTS
 from vla_gym.envs.tasks import task_words
 
 PAD, UNK = "<pad>", "<unk>"
@@ -180,6 +180,9 @@ MIN_LOG_STD_INIT, MAX_LOG_STD_INIT = -20.0, 2.0
 #: strides of its 3 layers, no padding; 84 px in gives 20, 9 and 7 px maps.
 CONV_KERNELS = (8, 4, 3)
 CONV_STRIDES = (4, 2, 1)
+#: Largest fovea (px a side) :class:`NetworkConfig` takes; the fovea's conv channels.
+MAX_FOVEA = 32
+FOVEA_CHANNELS = 8
 
 
 @dataclass
@@ -222,6 +225,11 @@ class NetworkConfig:
             one says where to (a receptacle, a zone, a stack's base). Off by default: on the
             multitask preset's demos it lowered BC's success (benchmarks/RESULTS.md, "Where
             the object must go"). Checkpoints saved before this field load with False.
+        fovea: side (px) of a full-resolution glimpse of the image around where the
+            instruction's attention (head 0) points, read by a small stride-1 conv net
+            (:class:`Fovea`): where the named object and the gripper are, to a pixel's
+            fraction, which the stride-4 trunk resolves to about 1.6 px. 0 (the default):
+            no fovea. Checkpoints saved before this field load with 0.
     """
 
     channels: tuple[int, ...] = (32, 32, 64)
@@ -242,6 +250,7 @@ class NetworkConfig:
     use_depth: bool = True
     word_context: str = "gru"
     destination_head: bool = False
+    fovea: int = 0
 
     def __post_init__(self) -> None:
         # Sizes come from users and from checkpoint files: each is bounded before anything
@@ -275,6 +284,9 @@ class NetworkConfig:
                 "destination_head must be true or false (whether BC also supervises where the object must go), "
                 f"got {self.destination_head!r}"
             )
+        self.fovea = bounded_int("fovea", self.fovea, 0, MAX_FOVEA)
+        if 0 < self.fovea < 4:
+            raise ValueError(f"fovea must be 0 (none) or a glimpse of 4 to {MAX_FOVEA} px a side, got {self.fovea}")
         if self.word_context not in WORD_CONTEXTS:
             raise ValueError(f"word_context must be one of {list(WORD_CONTEXTS)}, got {self.word_context!r}")
         self._check_language()
@@ -393,6 +405,90 @@ class LanguageQueryAttention(nn.Module):
         norms = torch.linalg.vector_norm(keys.view(b, -1, self.heads, self.key_dim), dim=-1).clamp_min(1e-6)
         logits = (dots / norms).transpose(1, 2) * self.log_temperature.exp()  # (B, heads, cells)
         return torch.softmax(logits, dim=-1) @ self.grid  # (B, heads, 2)
+
+
+class Fovea(nn.Module):
+    """A full-resolution glimpse around an image point, and where in it the named object is.
+
+    The trunk's first layer (8 px kernels, stride 4) places the named object to about 1.6 px
+    (benchmarks/RESULTS.md, "A fovea"), which is 1.6 cm on the table: the difference
+    between a grasp that holds and one that closes beside the object. The fovea samples a
+    ``size`` x ``size`` window of the 4-channel input at the image's own pixel spacing
+    (bilinear), centred on ``centre`` (the attention's estimate), and runs two 3x3 stride-1
+    conv layers on it. Read-outs: the instruction's query (as in
+    :class:`LanguageQueryAttention`) attends over the window's cells, giving the named
+    object's image coordinates ``fine`` (B, 2) in [-1, 1]; and a spatial softmax of the
+    window's feature map (B, 2 * channels): where the gripper's fingers and the object's
+    edges lie in the window, relative to its centre.
+    """
+
+    def __init__(self, size: int, image_size: int, key_dim: int, channels: int | None = None) -> None:
+        super().__init__()
+        channels = FOVEA_CHANNELS if channels is None else channels
+        step = 2 / (image_size - 1)  # one pixel in image coordinates (pixel centres at +-1)
+        offsets = (torch.arange(size, dtype=torch.float32) - (size - 1) / 2) * step
+        ys, xs = torch.meshgrid(offsets, offsets, indexing="ij")
+        self.register_buffer("offsets", torch.stack([xs, ys], dim=-1), persistent=False)  # (S, S, 2): x, y
+        self.conv1 = nn.Conv2d(4, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.key = nn.Linear(channels, key_dim)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(ATTENTION_TEMPERATURE)))
+        self.keypoints = SpatialSoftmax(coordinate_grid(size, size))
+
+    def forward(
+        self, window: torch.Tensor, centre: torch.Tensor, query: torch.Tensor,
+        first: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``window`` (B, C, S, S) from :meth:`sample`, its ``centre`` (B, 2) and a unit-norm
+        ``query`` (B, key_dim) -> (fine (B, 2), keypoints (B, 2 * channels)). ``first``: the
+        first layer's (weight, bias) to use instead of ``conv1``'s own (the input scaling
+        folded in, C of its input channels)."""
+        weight, bias = (self.conv1.weight, self.conv1.bias) if first is None else first
+        x = F.relu(self.conv2(F.relu(F.conv2d(window, weight, bias, padding=1))))
+        b, c = x.shape[:2]
+        keys = F.normalize(self.key(x.permute(0, 2, 3, 1).reshape(b, -1, c)), dim=-1)  # (B, S*S, key_dim)
+        logits = torch.bmm(keys, query[:, :, None]).squeeze(-1) * self.log_temperature.exp()
+        fine = centre + torch.softmax(logits, dim=-1) @ self.offsets.reshape(-1, 2)
+        return fine, self.keypoints(x)
+
+    def sample(self, images: list[torch.Tensor], centre: torch.Tensor) -> torch.Tensor:
+        """The (B, sum of channels, S, S) windows of ``images`` (each (B, C, H, W), the same
+        H and W) centred on ``centre`` (B, 2); zeros outside the image."""
+        grid = centre[:, None, None, :] + self.offsets  # (B, S, S, 2)
+        return torch.cat([F.grid_sample(image, grid, align_corners=True) for image in images], dim=1)
+
+
+def table_homography(image_size: int, camera=AGENT_CAMERA, height: float = OBJECT_HALF_SIZE) -> torch.Tensor:
+    """(3, 3) homography from image coordinates in [-1, 1] (as :func:`coordinate_grid`) to
+    world (x, y) in metres on the horizontal plane at ``height`` (an object's centre resting
+    on the table) as ``camera`` sees it: a direct linear transform fitted on a 9 x 9 grid of
+    points over the table top, exact for a pinhole camera up to float error."""
+    xs = TABLE_CENTRE[0] + np.linspace(-1, 1, 9) * TABLE_HALF_EXTENTS[0]
+    ys = TABLE_CENTRE[1] + np.linspace(-1, 1, 9) * TABLE_HALF_EXTENTS[1]
+    world = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
+    pixels = camera.project(np.column_stack([world, np.full(len(world), height)]), image_size, image_size)
+    uv = pixels * 2 / (image_size - 1) - 1
+    rows = []
+    for (u, v), (x, y) in zip(uv, world):
+        rows.append([u, v, 1, 0, 0, 0, -x * u, -x * v, -x])
+        rows.append([0, 0, 0, u, v, 1, -y * u, -y * v, -y])
+    homography = np.linalg.svd(np.asarray(rows))[2][-1].reshape(3, 3)
+    return torch.tensor(homography / homography[2, 2], dtype=torch.float32)
+
+
+class TablePlane(nn.Module):
+    """Image coordinates (B, 2) in [-1, 1] to world (x, y) (B, 2) in metres on the plane of
+    resting objects' centres: a homography, initialised from the agent camera
+    (:func:`table_homography`) and trained by BC's offset loss (which also adapts it to the
+    cameras the demos were recorded with)."""
+
+    def __init__(self, homography: torch.Tensor) -> None:
+        super().__init__()
+        self.homography = nn.Parameter(homography.clone())
+
+    def forward(self, uv: torch.Tensor) -> torch.Tensor:
+        points = torch.addmm(self.homography[:, 2], uv, self.homography[:, :2].T)  # (B, 3): H @ (u, v, 1)
+        return points[:, :2] / points[:, 2:].clamp_min(1e-6)
 
 
 class LanguageEncoder(nn.Module):
@@ -572,7 +668,10 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
     layer's 20x20 map (:class:`LanguageQueryAttention`: where the named object is). Read-outs:
     a spatial softmax of the last map (where things are), a linear glimpse of it (what is
     there), the attended coordinates, the instruction embedding and the proprio MLP, fused by
-    one linear layer.
+    one linear layer. With ``fovea`` (:class:`NetworkConfig`) also a full-resolution window
+    around the attended point (:class:`Fovea`): the named object's refined image coordinates
+    and the window's keypoints, and that point on the table (:class:`TablePlane`) relative to
+    the gripper.
 
     Accepts rgb/depth channel-last (as the env gives them) or channel-first (as SB3's
     ``VecTransposeImage`` gives them); rgb unscaled, in [0, 255] (the policy turns SB3's
@@ -623,6 +722,17 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
             config.channels[0], config.attention_heads, config.attention_key_dim, first_grid
         )
         self.where = nn.Sequential(nn.Linear(2 * config.attention_heads, config.proprio_dim), nn.ReLU())
+        self.fovea = None
+        fovea_dim = 0
+        if config.fovea:
+            self.fovea = Fovea(config.fovea, image_size, config.attention_key_dim)
+            fovea_dim = config.proprio_dim
+            self.fovea_read = nn.Sequential(nn.Linear(2 * self.fovea.conv2.out_channels, fovea_dim), nn.ReLU())
+            # Inputs of the fusion layer besides the window's keypoints: the fine image
+            # coordinates, and where they put the object on the table relative to the gripper
+            # (in units of TARGET_OFFSET_SCALE).
+            self.table_plane = TablePlane(table_homography(image_size))
+            fovea_dim += 4
         # Reads the last map flattened in (H, W, C) order: a view of a channels-last map.
         self.glimpse = nn.Sequential(nn.Linear(in_ch * size * size, config.glimpse_dim), nn.ReLU())
         # The trunk's input is rgb in [0, 255] and depth in metres (SB3's own image scaling
@@ -640,7 +750,7 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         # Vision summary of the first (never FiLM-ed) layer, for the optional contrastive loss.
         self.vision_embed = nn.Linear(config.channels[0], config.contrastive_dim)
         self.language_embed = nn.Linear(config.language_dim, config.contrastive_dim)
-        fused = 2 * in_ch + config.glimpse_dim + config.proprio_dim + config.language_dim + config.proprio_dim
+        fused = 2 * in_ch + config.glimpse_dim + config.proprio_dim + config.language_dim + config.proprio_dim + fovea_dim
         self.fuse = nn.Sequential(nn.Linear(fused, config.features_dim), nn.ReLU())
         # Auxiliary head for BC: the goal object's offset from the end-effector (in units of
         # TARGET_OFFSET_SCALE), a dense "where is the goal" signal. PPO does not use it.
@@ -794,16 +904,40 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         glimpse = self.glimpse(x.permute(0, 2, 3, 1).reshape(len(x), -1))
         proprio = self._proprio(observations["proprio"])
         features = [self.keypoints(x), glimpse, self.where(where.flatten(1)), language, proprio]
+        fine = plane_offset = None
+        if self.fovea is not None:
+            fine, fovea = self._foveate(rgb, depth, where[:, 0].detach(), query[:, 0])
+            gripper = observations["proprio"][:, :2].to(fine.dtype)  # end effector's world (x, y), m
+            plane_offset = (self.table_plane(fine) - gripper) / TARGET_OFFSET_SCALE
+            features += [self.fovea_read(fovea), fine, plane_offset]
         fused = self.fuse(torch.cat(features, dim=1))
         if self.keep_auxiliary:
             self.auxiliary = {
                 "where": where,
+                **({} if fine is None else {"where_fine": fine, "plane_offset": plane_offset}),
                 "target_offset": self.target_head(fused),
                 **({} if self.destination_head is None else {"destination_offset": self.destination_head(fused)}),
                 "vision": self.vision_embed(first.mean(dim=(2, 3))),
                 "language": self.language_embed(language),
             }
         return fused
+
+    def _foveate(
+        self, rgb: torch.Tensor, depth: torch.Tensor | None, centre: torch.Tensor, query: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fovea on the window of raw rgb and depth (rgb alone without ``use_depth``)
+        around ``centre`` (B, 2), the trunk's input scaling folded into its first layer as in
+        :meth:`_first_conv`: (fine (B, 2), keypoints (B, 2 * channels))."""
+        conv = self.fovea.conv1
+        inputs = 4 if depth is not None else 3
+
+        def fold() -> tuple[torch.Tensor, torch.Tensor]:
+            weight = conv.weight[:, :inputs] * self.input_scale[:inputs].view(1, inputs, 1, 1)
+            return weight, conv.bias - (weight * self.input_shift[:inputs].view(1, inputs, 1, 1)).sum(dim=(1, 2, 3))
+
+        first = self._weights_cached(f"fovea_conv_{inputs}", (conv.weight, conv.bias), fold)
+        window = self.fovea.sample([rgb] if depth is None else [rgb, depth], centre)
+        return self.fovea(window, centre, query, first)
 
     def channels_last(self) -> "VLAFeaturesExtractor":
         """Keep the conv weights in channels-last memory, as the trunk's input is: measured

@@ -86,7 +86,11 @@ def auxiliary_losses(
             image coordinates (B, 2), mask (B,) of frames that have one).
     """
     offset_loss = F.mse_loss(aux["target_offset"].float(), target_offset.float() / TARGET_OFFSET_SCALE)
+    if "plane_offset" in aux:  # the fovea's table-plane estimate of the same offset, across the table
+        offset_loss = offset_loss + F.mse_loss(aux["plane_offset"].float(), target_offset[:, :2].float() / TARGET_OFFSET_SCALE)
     where_loss = F.mse_loss(aux["where"][:, 0].float(), target_uv.float())
+    if "where_fine" in aux:  # the fovea's estimate of the same point
+        where_loss = where_loss + F.mse_loss(aux["where_fine"].float(), target_uv.float())
     if destination is None or "destination_offset" not in aux:
         return offset_loss, where_loss
     offset, uv, mask = (t.float() for t in destination)
