@@ -444,6 +444,9 @@ class Fovea(nn.Module):
         first layer's (weight, bias) to use instead of ``conv1``'s own (the input scaling
         folded in, C of its input channels)."""
         weight, bias = (self.conv1.weight, self.conv1.bias) if first is None else first
+        # Channels-last, so that the keys and the spatial softmax read the map as (B, cells, C)
+        # views (measured: the two read-outs took 1.5 of 2.5 ms at batch 128 on copies).
+        window = window.contiguous(memory_format=torch.channels_last)
         x = F.relu(self.conv2(F.relu(F.conv2d(window, weight, bias, padding=1))))
         b, c = x.shape[:2]
         keys = F.normalize(self.key(x.permute(0, 2, 3, 1).reshape(b, -1, c)), dim=-1)  # (B, S*S, key_dim)
@@ -933,7 +936,8 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
 
         def fold() -> tuple[torch.Tensor, torch.Tensor]:
             weight = conv.weight[:, :inputs] * self.input_scale[:inputs].view(1, inputs, 1, 1)
-            return weight, conv.bias - (weight * self.input_shift[:inputs].view(1, inputs, 1, 1)).sum(dim=(1, 2, 3))
+            bias = conv.bias - (weight * self.input_shift[:inputs].view(1, inputs, 1, 1)).sum(dim=(1, 2, 3))
+            return weight.contiguous(memory_format=torch.channels_last), bias
 
         first = self._weights_cached(f"fovea_conv_{inputs}", (conv.weight, conv.bias), fold)
         window = self.fovea.sample([rgb] if depth is None else [rgb, depth], centre)
@@ -944,6 +948,8 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         ~15 % faster for a train step on CPU (oneDNN). Called after weight initialisation
         (SB3's orthogonal init needs contiguous weights); state dicts load either way."""
         self.convs.to(memory_format=torch.channels_last)
+        if self.fovea is not None:
+            self.fovea.to(memory_format=torch.channels_last)
         return self
 
     @torch.no_grad()
