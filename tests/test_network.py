@@ -238,7 +238,7 @@ def test_fovea_refines_the_attention_and_is_trained_by_the_where_loss(tmp_path):
         assert grad is not None and grad.abs().sum() > 0, name
     assert extractor.table_plane.homography.grad.abs().sum() > 0
     # A checkpoint saved before the field loads without a fovea; one with a fovea round-trips.
-    old = _save_tiny(tmp_path / "old.pt", SMALL, drop=("fovea",))
+    _save_tiny(tmp_path / "old.pt", SMALL, drop=("fovea",))
     assert load_policy(tmp_path / "old.pt", device="cpu").features_extractor.fovea is None
     saved = _save_tiny(tmp_path / "fovea.pt", {**SMALL, "fovea": size})
     loaded = load_policy(tmp_path / "fovea.pt", device="cpu")
@@ -247,7 +247,6 @@ def test_fovea_refines_the_attention_and_is_trained_by_the_where_loss(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.extract_features(obs, loaded.features_extractor),
                                    saved.extract_features(obs, saved.features_extractor))
-    assert old is not None
 
 
 def test_keeping_auxiliary_resets_its_flag_even_when_the_forward_pass_fails():

@@ -413,18 +413,18 @@ class Fovea(nn.Module):
     The trunk's first layer (8 px kernels, stride 4) places the named object to about 1.6 px
     (benchmarks/RESULTS.md, "A fovea"), which is 1.6 cm on the table: the difference
     between a grasp that holds and one that closes beside the object. The fovea samples a
-    ``size`` x ``size`` window of the 4-channel input at the image's own pixel spacing
-    (bilinear), centred on ``centre`` (the attention's estimate), and runs two 3x3 stride-1
-    conv layers on it. Read-outs: the instruction's query (as in
+    ``size`` x ``size`` window of the raw rgb and depth (or rgb alone) at the image's own
+    pixel spacing (bilinear), centred on ``centre`` (the attention's estimate), and runs two
+    3x3 stride-1 conv layers on it; the extractor passes the first layer with the input
+    scaling folded in. Read-outs: the instruction's query (as in
     :class:`LanguageQueryAttention`) attends over the window's cells, giving the named
     object's image coordinates ``fine`` (B, 2) in [-1, 1]; and a spatial softmax of the
     window's feature map (B, 2 * channels): where the gripper's fingers and the object's
     edges lie in the window, relative to its centre.
     """
 
-    def __init__(self, size: int, image_size: int, key_dim: int, channels: int | None = None) -> None:
+    def __init__(self, size: int, image_size: int, key_dim: int, channels: int = FOVEA_CHANNELS) -> None:
         super().__init__()
-        channels = FOVEA_CHANNELS if channels is None else channels
         step = 2 / (image_size - 1)  # one pixel in image coordinates (pixel centres at +-1)
         offsets = (torch.arange(size, dtype=torch.float32) - (size - 1) / 2) * step
         ys, xs = torch.meshgrid(offsets, offsets, indexing="ij")
@@ -824,6 +824,13 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
             entry = self._weight_cache[name] = (version, compute())
         return entry[1]
 
+    def _fold_input_scaling(self, conv: nn.Conv2d, inputs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``conv``'s weight over its first ``inputs`` input channels (rgb, then depth) and its
+        bias, with rgb / 255 and (depth - near) / (far - near) folded in: the layer on the raw
+        input computes what ``conv`` computes on the scaled one."""
+        weight = conv.weight[:, :inputs] * self.input_scale[:inputs].view(1, inputs, 1, 1)
+        return weight, conv.bias - (weight * self.input_shift[:inputs].view(1, inputs, 1, 1)).sum(dim=(1, 2, 3))
+
     def _first_conv(self, rgb: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:
         """The first conv layer on the raw rgb and depth, without stacking them (measured
         faster than one copy into a 4-channel input): its weights split by input channel, with
@@ -834,8 +841,7 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         inputs = 4 if depth is not None else 3  # rgb channels come first in the weight
 
         def fold() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            weight = conv.weight[:, :inputs] * self.input_scale[:inputs].view(1, inputs, 1, 1)
-            bias = conv.bias - (weight * self.input_shift[:inputs].view(1, inputs, 1, 1)).sum(dim=(1, 2, 3))
+            weight, bias = self._fold_input_scaling(conv, inputs)
             layout = torch.channels_last
             return weight[:, :3].contiguous(memory_format=layout), weight[:, 3:].contiguous(memory_format=layout), bias
 
@@ -935,8 +941,7 @@ class VLAFeaturesExtractor(BaseFeaturesExtractor):
         inputs = 4 if depth is not None else 3
 
         def fold() -> tuple[torch.Tensor, torch.Tensor]:
-            weight = conv.weight[:, :inputs] * self.input_scale[:inputs].view(1, inputs, 1, 1)
-            bias = conv.bias - (weight * self.input_shift[:inputs].view(1, inputs, 1, 1)).sum(dim=(1, 2, 3))
+            weight, bias = self._fold_input_scaling(conv, inputs)
             return weight.contiguous(memory_format=torch.channels_last), bias
 
         first = self._weights_cached(f"fovea_conv_{inputs}", (conv.weight, conv.bias), fold)
